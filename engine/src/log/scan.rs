@@ -1,0 +1,177 @@
+//! A forward scan over the records of one segment file, reading in chunks, that steps over damage.
+//!
+//! Used by recovery, by readers and by index building, so that every path that reads records
+//! applies the same validity rules (FORMAT.md §3) and the same resynchronisation (FORMAT.md §5).
+
+use std::io;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::format::{self, Decoded, FORMAT_MAX_BODY_BYTES, FRAME_HEADER_LEN};
+use crate::storage::{StorageFile, read_full_at};
+
+/// Bytes read from the file at a time (more when one record is larger).
+const CHUNK_BYTES: usize = 256 * 1024;
+
+const FRAME_HEADER_BYTES: u64 = FRAME_HEADER_LEN as u64;
+
+/// A record read from the log. The body shares the buffer it was read into.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub offset: u64,
+    pub timestamp_ns: i64,
+    /// `0` when the record is not deferred.
+    pub deliver_at_ns: i64,
+    pub body: Bytes,
+}
+
+#[derive(Debug)]
+pub(crate) enum ScanItem {
+    Record { pos: u64, record: Record },
+    /// Bytes `[pos, pos + len_bytes)` hold no valid record. `resumed` tells whether a valid record
+    /// follows (quarantine) or the damage runs to the end of the scan (a torn tail).
+    Damaged { pos: u64, len_bytes: u64, resumed: bool },
+}
+
+#[derive(Debug)]
+pub(crate) struct Scanner {
+    file: Arc<dyn StorageFile>,
+    end: u64,
+    pos: u64,
+    chunk: Bytes,
+    chunk_pos: u64,
+    min_offset: u64,
+    last_offset: Option<u64>,
+    offset_limit: Option<u64>,
+}
+
+/// What is at one position.
+enum Probe {
+    Valid(Record, u64),
+    Invalid,
+}
+
+impl Scanner {
+    /// A scan of `[pos, end)` of a segment whose first offset is `min_offset`; `pos` is the start
+    /// of a record.
+    pub(crate) fn new(file: Arc<dyn StorageFile>, pos: u64, end: u64, min_offset: u64) -> Self {
+        Self {
+            file,
+            end,
+            pos,
+            chunk: Bytes::new(),
+            chunk_pos: 0,
+            min_offset,
+            last_offset: None,
+            offset_limit: None,
+        }
+    }
+
+    /// The offset of the record before `pos`, when the scan starts after the first record.
+    pub(crate) fn set_last_offset(&mut self, last_offset: Option<u64>) {
+        self.last_offset = last_offset;
+    }
+
+    /// The first offset of the next segment: no record here may have it or a later one.
+    pub(crate) fn set_offset_limit(&mut self, offset_limit: Option<u64>) {
+        self.offset_limit = offset_limit;
+    }
+
+    /// Position of the next record the scan will look at.
+    pub(crate) fn pos(&self) -> u64 {
+        self.pos
+    }
+
+    /// Offset of the last valid record scanned.
+    pub(crate) fn last_offset(&self) -> Option<u64> {
+        self.last_offset
+    }
+
+    /// Extends the end of the scan (the segment grew).
+    pub(crate) fn set_end(&mut self, end: u64) {
+        self.end = self.end.max(end);
+    }
+
+    pub(crate) fn next(&mut self) -> io::Result<Option<ScanItem>> {
+        if self.pos >= self.end {
+            return Ok(None);
+        }
+        let pos = self.pos;
+        if let Probe::Valid(record, len) = self.probe(pos, None)? {
+            self.pos += len;
+            self.last_offset = Some(record.offset);
+            return Ok(Some(ScanItem::Record { pos, record }));
+        }
+        let expected = self.expected_offset();
+        let mut candidate = pos + 1;
+        while candidate + FRAME_HEADER_BYTES <= self.end {
+            // A record found after `candidate - pos` damaged bytes can be at most one offset per
+            // frame header those bytes could have held past the one expected: a cheap bound that
+            // keeps a resynchronising scan from taking noise for a record.
+            let offset_max = expected.saturating_add((candidate - pos) / FRAME_HEADER_BYTES);
+            if let Probe::Valid(..) = self.probe(candidate, Some(offset_max))? {
+                self.pos = candidate;
+                return Ok(Some(ScanItem::Damaged { pos, len_bytes: candidate - pos, resumed: true }));
+            }
+            candidate += 1;
+        }
+        self.pos = self.end;
+        Ok(Some(ScanItem::Damaged { pos, len_bytes: self.end - pos, resumed: false }))
+    }
+
+    fn expected_offset(&self) -> u64 {
+        self.last_offset.map_or(self.min_offset, |last| last.saturating_add(1))
+    }
+
+    /// Checks the record at `pos` against every rule of FORMAT.md §3.
+    fn probe(&mut self, pos: u64, offset_max: Option<u64>) -> io::Result<Probe> {
+        let Some(head) = self.window(pos, FRAME_HEADER_BYTES)? else { return Ok(Probe::Invalid) };
+        let Some((body_len, offset)) = format::peek_len_and_offset(head) else {
+            return Ok(Probe::Invalid);
+        };
+        let offset_ok = offset >= self.min_offset
+            && self.last_offset.is_none_or(|last| offset > last)
+            && self.offset_limit.is_none_or(|limit| offset < limit)
+            && offset_max.is_none_or(|max| offset <= max);
+        if !offset_ok || body_len > FORMAT_MAX_BODY_BYTES {
+            return Ok(Probe::Invalid);
+        }
+        let len = FRAME_HEADER_BYTES + u64::from(body_len);
+        let Some(bytes) = self.window(pos, len)? else { return Ok(Probe::Invalid) };
+        let Decoded::Record(record) = format::decode_record(bytes) else {
+            return Ok(Probe::Invalid);
+        };
+        let (offset, timestamp_ns, deliver_at_ns, body_len) =
+            (record.offset, record.timestamp_ns, record.deliver_at_ns, record.body.len());
+        let body_at = usize::try_from(pos - self.chunk_pos).unwrap_or(usize::MAX) + FRAME_HEADER_LEN;
+        let body_end = body_at + body_len;
+        let record =
+            Record { offset, timestamp_ns, deliver_at_ns, body: self.chunk.slice(body_at..body_end) };
+        Ok(Probe::Valid(record, len))
+    }
+
+    /// The bytes `[pos, pos + len)`, or `None` when they pass the end of the scan or the file.
+    fn window(&mut self, pos: u64, len: u64) -> io::Result<Option<&[u8]>> {
+        if pos + len > self.end {
+            return Ok(None);
+        }
+        let chunk_end = self.chunk_pos + self.chunk.len() as u64;
+        if pos < self.chunk_pos || pos + len > chunk_end {
+            let want = (self.end - pos).min(len.max(CHUNK_BYTES as u64));
+            let mut buf = BytesMut::zeroed(usize::try_from(want).unwrap_or(usize::MAX));
+            let got = read_full_at(&*self.file, &mut buf, pos)?;
+            buf.truncate(got);
+            self.chunk = buf.freeze();
+            self.chunk_pos = pos;
+            if (got as u64) < len {
+                // The file is shorter than the scan expected: it ends here.
+                self.end = pos + got as u64;
+                return Ok(None);
+            }
+        }
+        let start = usize::try_from(pos - self.chunk_pos).unwrap_or(usize::MAX);
+        let len = usize::try_from(len).unwrap_or(usize::MAX);
+        Ok(self.chunk.get(start..start + len))
+    }
+}

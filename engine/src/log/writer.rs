@@ -1,0 +1,361 @@
+//! The append path: batches queue under one mutex; a leader writes and fsyncs them for everyone
+//! (group commit). See the module documentation of `log` for the rules.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, MutexGuard, OnceLock, PoisonError};
+use std::time::Instant;
+
+use super::segment::{FIRST_RECORD_POS, Segment};
+use super::{LogError, NewRecord, Shared, SyncPolicy, check_limits, lock, record_len};
+use crate::format::{RecordRef, SegmentHeader, encode_record, segment_file_name};
+use crate::storage::{Storage, StorageFile, is_disk_full};
+
+/// Write buffers kept for reuse between rounds.
+const SPARE_BUFFERS_MAX: usize = 4;
+/// A buffer larger than this is not kept for reuse.
+const SPARE_BUFFER_BYTES_MAX: usize = 8 * 1024 * 1024;
+
+type Completion = Arc<OnceLock<Result<(), LogError>>>;
+
+#[derive(Debug)]
+pub(crate) struct WriterState {
+    /// The offset the next queued record gets.
+    assigned_next: u64,
+    /// Length the last segment will have once everything queued is written.
+    queued_segment_len: u64,
+    queued: Vec<Chunk>,
+    waiting: Vec<Completion>,
+    leader: bool,
+    poisoned: Option<LogError>,
+    closed: bool,
+    unsynced_records: u64,
+    last_sync: Instant,
+    spare_buffers: Vec<Vec<u8>>,
+}
+
+/// Encoded records bound for one segment.
+#[derive(Debug)]
+struct Chunk {
+    /// Create a segment starting at this offset before writing the bytes.
+    roll_to: Option<u64>,
+    bytes: Vec<u8>,
+    records: u64,
+    end_offset: u64,
+}
+
+impl WriterState {
+    pub(crate) fn new(next_offset: u64, segment_len: u64) -> Self {
+        Self {
+            assigned_next: next_offset,
+            queued_segment_len: segment_len,
+            queued: Vec::new(),
+            waiting: Vec::new(),
+            leader: false,
+            poisoned: None,
+            closed: false,
+            unsynced_records: 0,
+            last_sync: Instant::now(),
+            spare_buffers: Vec::new(),
+        }
+    }
+
+    fn check_open(&self, dir: &Path) -> Result<(), LogError> {
+        if let Some(poisoned) = &self.poisoned {
+            return Err(poisoned.clone());
+        }
+        if self.closed {
+            return Err(LogError::Closed { dir: dir.to_path_buf() });
+        }
+        Ok(())
+    }
+
+    fn enqueue(&mut self, records: &[NewRecord<'_>], max_bytes_per_file: u64) -> Range<u64> {
+        let first = self.assigned_next;
+        for record in records {
+            let len = record_len(record);
+            let has_records = self.queued_segment_len > FIRST_RECORD_POS;
+            let roll = has_records && self.queued_segment_len + len > max_bytes_per_file;
+            if roll || self.queued.is_empty() {
+                let bytes = self.spare_buffers.pop().unwrap_or_default();
+                let roll_to = roll.then_some(self.assigned_next);
+                self.queued.push(Chunk { roll_to, bytes, records: 0, end_offset: 0 });
+                if roll {
+                    self.queued_segment_len = FIRST_RECORD_POS;
+                }
+            }
+            let Some(chunk) = self.queued.last_mut() else { continue };
+            let encoded = RecordRef {
+                offset: self.assigned_next,
+                timestamp_ns: record.timestamp_ns,
+                deliver_at_ns: record.deliver_at_ns,
+                body: record.body,
+            };
+            encode_record(&encoded, &mut chunk.bytes);
+            self.assigned_next += 1;
+            chunk.records += 1;
+            chunk.end_offset = self.assigned_next;
+            self.queued_segment_len += len;
+        }
+        first..self.assigned_next
+    }
+
+    fn recycle(&mut self, chunks: Vec<Chunk>) {
+        for mut chunk in chunks {
+            if self.spare_buffers.len() < SPARE_BUFFERS_MAX
+                && chunk.bytes.capacity() <= SPARE_BUFFER_BYTES_MAX
+            {
+                chunk.bytes.clear();
+                self.spare_buffers.push(chunk.bytes);
+            }
+        }
+    }
+}
+
+/// How a segment was changed by a successful round, to publish.
+struct Written {
+    /// Every segment written to, with its new length; the first is the one that was last.
+    touched: Vec<(Arc<Segment>, u64)>,
+    end_offset: u64,
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, WriterState> {
+        lock(&self.state)
+    }
+
+    pub(super) fn append(&self, records: &[NewRecord<'_>]) -> Result<Range<u64>, LogError> {
+        check_limits(&self.config, records)?;
+        let mut state = self.state();
+        state.check_open(&self.dir)?;
+        if records.is_empty() {
+            let next = state.assigned_next;
+            return Ok(next..next);
+        }
+        let range = state.enqueue(records, self.config.max_bytes_per_file);
+        let completion: Completion = Arc::default();
+        state.waiting.push(Arc::clone(&completion));
+        loop {
+            if let Some(result) = completion.get() {
+                return result.clone().map(|()| range);
+            }
+            state = if state.leader {
+                self.wakeup.wait(state).unwrap_or_else(PoisonError::into_inner)
+            } else {
+                self.lead(state, false).0
+            };
+        }
+    }
+
+    /// Writes everything queued and fsyncs. With `only_if_due`, does nothing unless the policy's
+    /// interval has passed with records unsynced. Returns whether it synced.
+    pub(super) fn sync(&self, only_if_due: bool) -> Result<bool, LogError> {
+        let mut state = self.state();
+        loop {
+            state.check_open(&self.dir)?;
+            if !state.leader {
+                break;
+            }
+            state = self.wakeup.wait(state).unwrap_or_else(PoisonError::into_inner);
+        }
+        let idle = state.queued.is_empty() && state.unsynced_records == 0;
+        let due = match self.config.sync {
+            SyncPolicy::Always => false,
+            SyncPolicy::Every { interval, .. } => state.last_sync.elapsed() >= interval,
+        };
+        if idle || (only_if_due && !due) {
+            return Ok(false);
+        }
+        self.lead(state, true).1.map(|()| true)
+    }
+
+    pub(super) fn close(&self) -> Result<(), LogError> {
+        self.sync(false)?;
+        let mut state = self.state();
+        while state.leader {
+            state = self.wakeup.wait(state).unwrap_or_else(PoisonError::into_inner);
+        }
+        state.closed = true;
+        Ok(())
+    }
+
+    /// One round of group commit, run by the thread that found no leader.
+    fn lead<'a>(
+        &'a self,
+        mut state: MutexGuard<'a, WriterState>,
+        force_sync: bool,
+    ) -> (MutexGuard<'a, WriterState>, Result<(), LogError>) {
+        state.leader = true;
+        let chunks = std::mem::take(&mut state.queued);
+        let waiting = std::mem::take(&mut state.waiting);
+        let records: u64 = chunks.iter().map(|c| c.records).sum();
+        let sync = force_sync
+            || match self.config.sync {
+                SyncPolicy::Always => true,
+                SyncPolicy::Every { records: every, interval } => {
+                    state.unsynced_records + records >= every
+                        || state.last_sync.elapsed() >= interval
+                }
+            };
+        drop(state);
+
+        let result = self.write_round(&chunks, sync);
+
+        let mut state = self.state();
+        let outcome = result.as_ref().map(|_| ()).map_err(LogError::clone);
+        match result {
+            Ok(written) => {
+                self.publish(&written);
+                if sync {
+                    self.synced_offset.store(written.end_offset, Ordering::Release);
+                    state.unsynced_records = 0;
+                    state.last_sync = Instant::now();
+                } else {
+                    state.unsynced_records += records;
+                }
+                for completion in waiting {
+                    let _ = completion.set(Ok(()));
+                }
+            }
+            Err(error) => {
+                tracing::error!(dir = %self.dir.display(), %error, "append failed");
+                if matches!(error, LogError::Poisoned { .. }) {
+                    state.poisoned = Some(error.clone());
+                }
+                // Batches queued during the round were encoded after the failed ones, with the
+                // offsets that follow theirs: they fail too, and the offsets are handed out again.
+                let later = std::mem::take(&mut state.queued);
+                state.recycle(later);
+                let later_waiting = std::mem::take(&mut state.waiting);
+                for completion in waiting.into_iter().chain(later_waiting) {
+                    let _ = completion.set(Err(error.clone()));
+                }
+                state.assigned_next = self.next_offset.load(Ordering::Acquire);
+                state.queued_segment_len = self.segments().last().map_or(0, |s| s.written_len());
+            }
+        }
+        state.recycle(chunks);
+        state.leader = false;
+        self.wakeup.notify_all();
+        (state, outcome)
+    }
+
+    /// Writes the chunks of a round; on failure undoes what it wrote.
+    fn write_round(&self, chunks: &[Chunk], sync: bool) -> Result<Written, LogError> {
+        let first = self.segments().last().cloned().ok_or_else(|| LogError::Poisoned {
+            dir: self.dir.clone(),
+            cause: "the log has no segment".into(),
+        })?;
+        let start_len = first.written_len();
+        let mut touched = vec![(Arc::clone(&first), start_len)];
+        let mut end_offset = self.next_offset.load(Ordering::Acquire);
+        let outcome = (|| {
+            let mut file = first.file(&*self.storage)?;
+            for chunk in chunks {
+                if let Some(base) = chunk.roll_to {
+                    let (old, _) = &touched[touched.len() - 1];
+                    sync_or_poison(&*file, &old.path, &self.dir)?;
+                    let (segment, new_file) = create_segment(&*self.storage, &self.dir, base)?;
+                    touched.push((segment, FIRST_RECORD_POS));
+                    file = new_file;
+                }
+                let last = touched.len() - 1;
+                let (segment, len) = &mut touched[last];
+                file.write_all_at(&chunk.bytes, *len).map_err(|e| write_error(&segment.path, e))?;
+                *len += chunk.bytes.len() as u64;
+                end_offset = chunk.end_offset;
+            }
+            if sync {
+                let (segment, _) = &touched[touched.len() - 1];
+                sync_or_poison(&*file, &segment.path, &self.dir)?;
+            }
+            Ok(())
+        })();
+        match outcome {
+            Ok(()) => Ok(Written { touched, end_offset }),
+            Err(error) => Err(self.undo_round(&first, start_len, &touched[1..], error)),
+        }
+    }
+
+    /// Truncates the last segment back to `start_len` and removes segments the round created.
+    /// Returns the error to report: the original, or poison if the undo failed.
+    fn undo_round(
+        &self,
+        first: &Segment,
+        start_len: u64,
+        created: &[(Arc<Segment>, u64)],
+        error: LogError,
+    ) -> LogError {
+        if matches!(error, LogError::Poisoned { .. }) {
+            return error;
+        }
+        let undo = || -> std::io::Result<()> {
+            for (segment, _) in created.iter().rev() {
+                self.storage.remove_file(&segment.path)?;
+            }
+            first.file(&*self.storage).map_err(std::io::Error::other)?.set_len(start_len)
+        };
+        match undo() {
+            Ok(()) => error,
+            Err(undo_error) => LogError::Poisoned {
+                dir: self.dir.clone(),
+                cause: format!("could not undo a failed write ({error}): {undo_error}").into(),
+            },
+        }
+    }
+
+    /// Makes a successful round visible to readers: lengths, then segments, then the offset.
+    fn publish(&self, written: &Written) {
+        for (segment, len) in &written.touched {
+            segment.publish_len(*len);
+        }
+        if written.touched.len() > 1 {
+            let mut list = self.segments.write().unwrap_or_else(PoisonError::into_inner);
+            let mut segments = Vec::clone(&list);
+            segments.extend(written.touched[1..].iter().map(|(s, _)| Arc::clone(s)));
+            *list = Arc::new(segments);
+        }
+        self.next_offset.store(written.end_offset, Ordering::Release);
+    }
+}
+
+fn sync_or_poison(file: &dyn StorageFile, path: &Path, dir: &Path) -> Result<(), LogError> {
+    file.sync_data().map_err(|error| LogError::Poisoned {
+        dir: dir.to_path_buf(),
+        cause: format!("fsync of {} failed: {error}", path.display()).into(),
+    })
+}
+
+fn write_error(path: &Path, error: std::io::Error) -> LogError {
+    if is_disk_full(&error) {
+        LogError::DiskFull { path: path.to_path_buf() }
+    } else {
+        LogError::io("write", path, error)
+    }
+}
+
+/// Creates the segment starting at `first_offset`: file (durable entry), header, fsync.
+pub(super) fn create_segment(
+    storage: &dyn Storage,
+    dir: &Path,
+    first_offset: u64,
+) -> Result<(Arc<Segment>, Arc<dyn StorageFile>), LogError> {
+    let path: PathBuf = dir.join(segment_file_name(first_offset));
+    let file = storage.create_new(&path).map_err(|e| write_error(&path, e))?;
+    let header = SegmentHeader { first_offset }.encode();
+    let written = file.write_all_at(&header, 0).map_err(|e| write_error(&path, e));
+    if let Err(error) = written {
+        return Err(match storage.remove_file(&path) {
+            Ok(()) => error,
+            Err(remove_error) => LogError::Poisoned {
+                dir: dir.to_path_buf(),
+                cause: format!("could not remove {} after {error}: {remove_error}", path.display())
+                    .into(),
+            },
+        });
+    }
+    sync_or_poison(&*file, &path, dir)?;
+    let segment = Segment::new(first_offset, path, Some(Arc::clone(&file)), FIRST_RECORD_POS);
+    Ok((Arc::new(segment), file))
+}
