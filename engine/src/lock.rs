@@ -25,10 +25,16 @@ impl DataDirLock {
             .map_err(|e| LogError::io("create directory", data_dir, e))?;
         let path = data_dir.join(LOCK_FILE_NAME);
         match storage.lock_exclusive(&path) {
-            Ok(guard) => Ok(Self { path, _guard: guard }),
+            Ok(guard) => Ok(Self {
+                path,
+                _guard: guard,
+            }),
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
                 let holder = holder_pid(storage, &path).map(|pid| format!(" (pid {pid})"));
-                Err(LogError::Locked { path: data_dir.to_path_buf(), holder: holder.unwrap_or_default() })
+                Err(LogError::Locked {
+                    path: data_dir.to_path_buf(),
+                    holder: holder.unwrap_or_default(),
+                })
             }
             Err(error) => Err(LogError::io("lock", &path, error)),
         }

@@ -7,8 +7,8 @@ mod header;
 mod record;
 
 pub use header::{HeaderError, SegmentHeader};
-pub use record::{Decoded, FRAME_HEADER_LEN, Invalid, RecordRef, decode_record, encode_record};
 pub(crate) use record::peek_len_and_offset;
+pub use record::{Decoded, FRAME_HEADER_LEN, Invalid, RecordRef, decode_record, encode_record};
 
 /// The format version this code writes, and the newest it reads.
 pub const FORMAT_VERSION: u16 = 1;
@@ -70,7 +70,10 @@ mod tests {
         assert_eq!(segment_file_name(1000), "00000000000000001000.seg");
         assert_eq!(segment_file_name(u64::MAX), "18446744073709551615.seg");
         for offset in [0, 1, 999, 1000, u64::MAX] {
-            assert_eq!(parse_segment_file_name(&segment_file_name(offset)), Some(offset));
+            assert_eq!(
+                parse_segment_file_name(&segment_file_name(offset)),
+                Some(offset)
+            );
         }
         assert!(segment_file_name(999) < segment_file_name(1000));
     }

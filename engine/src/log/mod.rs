@@ -76,14 +76,20 @@ impl SyncPolicy {
         if sync_every <= 1 {
             Self::Always
         } else {
-            Self::Every { records: sync_every, interval: sync_timeout }
+            Self::Every {
+                records: sync_every,
+                interval: sync_timeout,
+            }
         }
     }
 }
 
 impl Default for SyncPolicy {
     fn default() -> Self {
-        Self::Every { records: DEFAULT_SYNC_EVERY_RECORDS, interval: DEFAULT_SYNC_INTERVAL }
+        Self::Every {
+            records: DEFAULT_SYNC_EVERY_RECORDS,
+            interval: DEFAULT_SYNC_INTERVAL,
+        }
     }
 }
 
@@ -146,6 +152,8 @@ pub struct LogStats {
     /// Every record below this offset is durable.
     pub synced_offset: u64,
     pub segments: usize,
+    /// Records queued for the next group-commit round, not yet written.
+    pub queued_records: u64,
     /// Damaged ranges found and skipped since open (recovery's included).
     pub quarantined_ranges: u64,
     pub quarantined_bytes: u64,
@@ -188,7 +196,12 @@ impl TopicLog {
         config: LogConfig,
     ) -> Result<(Self, RecoveryReport), LogError> {
         let (shared, report) = recovery::open(storage, dir.into(), config)?;
-        Ok((Self { shared: Arc::new(shared) }, report))
+        Ok((
+            Self {
+                shared: Arc::new(shared),
+            },
+            report,
+        ))
     }
 
     /// Appends `records` and returns their offsets. Returns once the records are written (and,
@@ -257,8 +270,13 @@ impl Shared {
     /// offset of the one after it.
     fn segment_for(&self, offset: u64) -> Option<(Arc<Segment>, Option<u64>)> {
         let segments = self.segments();
-        let at = segments.partition_point(|s| s.first_offset <= offset).checked_sub(1)?;
-        Some((Arc::clone(&segments[at]), segments.get(at + 1).map(|s| s.first_offset)))
+        let at = segments
+            .partition_point(|s| s.first_offset <= offset)
+            .checked_sub(1)?;
+        Some((
+            Arc::clone(&segments[at]),
+            segments.get(at + 1).map(|s| s.first_offset),
+        ))
     }
 
     /// The segment after `segment`, if there is one now.
@@ -266,7 +284,10 @@ impl Shared {
         let segments = self.segments();
         let at = segments.partition_point(|s| s.first_offset <= segment.first_offset);
         let next = segments.get(at)?;
-        Some((Arc::clone(next), segments.get(at + 1).map(|s| s.first_offset)))
+        Some((
+            Arc::clone(next),
+            segments.get(at + 1).map(|s| s.first_offset),
+        ))
     }
 
     /// Logs and counts damage a scan found, once per range.
@@ -275,7 +296,8 @@ impl Shared {
             let fresh = lock(&self.quarantine_seen).insert((segment.path.clone(), d.pos));
             if fresh {
                 self.quarantined_ranges.fetch_add(1, Ordering::Relaxed);
-                self.quarantined_bytes.fetch_add(d.len_bytes, Ordering::Relaxed);
+                self.quarantined_bytes
+                    .fetch_add(d.len_bytes, Ordering::Relaxed);
                 tracing::warn!(
                     segment = %segment.path.display(),
                     position = d.pos,
@@ -291,7 +313,9 @@ impl Shared {
         if offset >= self.next_offset.load(Ordering::Acquire) {
             return Ok(None);
         }
-        let Some((segment, limit)) = self.segment_for(offset) else { return Ok(None) };
+        let Some((segment, limit)) = self.segment_for(offset) else {
+            return Ok(None);
+        };
         let mut cursor = reader::Cursor::open(self, segment, limit, offset)?;
         while let Some(record) = cursor.next(self)? {
             if record.offset >= offset {
@@ -322,14 +346,22 @@ impl Shared {
             };
             if let Some(archiver) = archiver {
                 let file = segment.file(&*self.storage)?;
-                archiver.archive(&info, &*file).map_err(|e| LogError::io("archive", &info.path, e))?;
+                archiver
+                    .archive(&info, &*file)
+                    .map_err(|e| LogError::io("archive", &info.path, e))?;
             }
             self.storage
                 .remove_file(&segment.path)
                 .map_err(|e| LogError::io("remove", &segment.path, e))?;
-            let mut list = self.segments.write().unwrap_or_else(PoisonError::into_inner);
-            let kept: Vec<_> =
-                list.iter().filter(|s| s.first_offset != segment.first_offset).cloned().collect();
+            let mut list = self
+                .segments
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            let kept: Vec<_> = list
+                .iter()
+                .filter(|s| s.first_offset != segment.first_offset)
+                .cloned()
+                .collect();
             *list = Arc::new(kept);
             removed.push(info);
         }
@@ -340,10 +372,13 @@ impl Shared {
         let segments = self.segments();
         let next_offset = self.next_offset.load(Ordering::Acquire);
         LogStats {
-            oldest_offset: segments.first().map_or(next_offset, |s| s.first_offset.min(next_offset)),
+            oldest_offset: segments
+                .first()
+                .map_or(next_offset, |s| s.first_offset.min(next_offset)),
             next_offset,
             synced_offset: self.synced_offset.load(Ordering::Acquire),
             segments: segments.len(),
+            queued_records: self.queued_records(),
             quarantined_ranges: self.quarantined_ranges.load(Ordering::Relaxed),
             quarantined_bytes: self.quarantined_bytes.load(Ordering::Relaxed),
         }
@@ -360,7 +395,10 @@ fn check_limits(config: &LogConfig, records: &[NewRecord<'_>]) -> Result<(), Log
     }
     let limit_bytes = config.max_body_bytes.min(FORMAT_MAX_BODY_BYTES);
     match records.iter().find(|r| r.body.len() > limit_bytes as usize) {
-        Some(record) => Err(LogError::BodyTooLarge { len: record.body.len(), limit_bytes }),
+        Some(record) => Err(LogError::BodyTooLarge {
+            len: record.body.len(),
+            limit_bytes,
+        }),
         None => Ok(()),
     }
 }

@@ -28,10 +28,17 @@ pub struct Record {
 
 #[derive(Debug)]
 pub(crate) enum ScanItem {
-    Record { pos: u64, record: Record },
+    Record {
+        pos: u64,
+        record: Record,
+    },
     /// Bytes `[pos, pos + len_bytes)` hold no valid record. `resumed` tells whether a valid record
     /// follows (quarantine) or the damage runs to the end of the scan (a torn tail).
-    Damaged { pos: u64, len_bytes: u64, resumed: bool },
+    Damaged {
+        pos: u64,
+        len_bytes: u64,
+        resumed: bool,
+    },
 }
 
 #[derive(Debug)]
@@ -112,21 +119,32 @@ impl Scanner {
             let offset_max = expected.saturating_add((candidate - pos) / FRAME_HEADER_BYTES);
             if let Probe::Valid(..) = self.probe(candidate, Some(offset_max))? {
                 self.pos = candidate;
-                return Ok(Some(ScanItem::Damaged { pos, len_bytes: candidate - pos, resumed: true }));
+                return Ok(Some(ScanItem::Damaged {
+                    pos,
+                    len_bytes: candidate - pos,
+                    resumed: true,
+                }));
             }
             candidate += 1;
         }
         self.pos = self.end;
-        Ok(Some(ScanItem::Damaged { pos, len_bytes: self.end - pos, resumed: false }))
+        Ok(Some(ScanItem::Damaged {
+            pos,
+            len_bytes: self.end - pos,
+            resumed: false,
+        }))
     }
 
     fn expected_offset(&self) -> u64 {
-        self.last_offset.map_or(self.min_offset, |last| last.saturating_add(1))
+        self.last_offset
+            .map_or(self.min_offset, |last| last.saturating_add(1))
     }
 
     /// Checks the record at `pos` against every rule of FORMAT.md §3.
     fn probe(&mut self, pos: u64, offset_max: Option<u64>) -> io::Result<Probe> {
-        let Some(head) = self.window(pos, FRAME_HEADER_BYTES)? else { return Ok(Probe::Invalid) };
+        let Some(head) = self.window(pos, FRAME_HEADER_BYTES)? else {
+            return Ok(Probe::Invalid);
+        };
         let Some((body_len, offset)) = format::peek_len_and_offset(head) else {
             return Ok(Probe::Invalid);
         };
@@ -138,16 +156,27 @@ impl Scanner {
             return Ok(Probe::Invalid);
         }
         let len = FRAME_HEADER_BYTES + u64::from(body_len);
-        let Some(bytes) = self.window(pos, len)? else { return Ok(Probe::Invalid) };
+        let Some(bytes) = self.window(pos, len)? else {
+            return Ok(Probe::Invalid);
+        };
         let Decoded::Record(record) = format::decode_record(bytes) else {
             return Ok(Probe::Invalid);
         };
-        let (offset, timestamp_ns, deliver_at_ns, body_len) =
-            (record.offset, record.timestamp_ns, record.deliver_at_ns, record.body.len());
-        let body_at = usize::try_from(pos - self.chunk_pos).unwrap_or(usize::MAX) + FRAME_HEADER_LEN;
+        let (offset, timestamp_ns, deliver_at_ns, body_len) = (
+            record.offset,
+            record.timestamp_ns,
+            record.deliver_at_ns,
+            record.body.len(),
+        );
+        let body_at =
+            usize::try_from(pos - self.chunk_pos).unwrap_or(usize::MAX) + FRAME_HEADER_LEN;
         let body_end = body_at + body_len;
-        let record =
-            Record { offset, timestamp_ns, deliver_at_ns, body: self.chunk.slice(body_at..body_end) };
+        let record = Record {
+            offset,
+            timestamp_ns,
+            deliver_at_ns,
+            body: self.chunk.slice(body_at..body_end),
+        };
         Ok(Probe::Valid(record, len))
     }
 

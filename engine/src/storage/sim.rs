@@ -53,6 +53,7 @@ struct Inner {
     locks: BTreeSet<PathBuf>,
     generation: u64,
     ops: u64,
+    file_syncs: u64,
     faults: BTreeMap<u64, io::ErrorKind>,
     capacity_bytes: Option<u64>,
 }
@@ -119,7 +120,10 @@ impl Inner {
 
     fn lookup(&self, path: &Path) -> io::Result<u64> {
         self.names.get(path).copied().ok_or_else(|| {
-            io::Error::new(io::ErrorKind::NotFound, format!("{} not found", path.display()))
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{} not found", path.display()),
+            )
         })
     }
 
@@ -152,7 +156,9 @@ impl SimStorage {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A test that panicked while holding the lock has failed already; its data is still the
         // best evidence there is.
-        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Simulates a crash: every file keeps its durable bytes plus what `choose` keeps of its
@@ -164,7 +170,9 @@ impl SimStorage {
         inner.names = inner.durable_names.clone();
         inner.collect_garbage();
         for (path, id) in &inner.names {
-            let Some(file) = inner.files.get_mut(id) else { continue };
+            let Some(file) = inner.files.get_mut(id) else {
+                continue;
+            };
             let keep = choose(path, &file.unsynced);
             let mut data = std::mem::take(&mut file.durable);
             for op in file.unsynced.iter().take(keep.ops) {
@@ -205,6 +213,11 @@ impl SimStorage {
         self.lock().ops
     }
 
+    /// `sync_data` calls that succeeded so far.
+    pub fn file_syncs(&self) -> u64 {
+        self.lock().file_syncs
+    }
+
     /// Limits the total size of all files: a write past it writes what fits and fails with ENOSPC.
     pub fn set_capacity(&self, capacity_bytes: Option<u64>) {
         self.lock().capacity_bytes = capacity_bytes;
@@ -214,7 +227,10 @@ impl SimStorage {
     pub fn flip_bit(&self, path: &Path, byte: u64, bit: u8) -> io::Result<()> {
         let mut inner = self.lock();
         let id = inner.lookup(path)?;
-        let file = inner.files.get_mut(&id).ok_or_else(|| io::Error::other("lost file"))?;
+        let file = inner
+            .files
+            .get_mut(&id)
+            .ok_or_else(|| io::Error::other("lost file"))?;
         let at = to_usize(byte);
         for data in [&mut file.current, &mut file.durable] {
             if let Some(b) = data.get_mut(at) {
@@ -256,7 +272,10 @@ impl LockGuard for SimLock {}
 
 impl Drop for SimLock {
     fn drop(&mut self) {
-        let mut inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut inner = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if inner.generation == self.generation {
             inner.locks.remove(&self.path);
         }
@@ -265,7 +284,10 @@ impl Drop for SimLock {
 
 impl SimFile {
     fn with<T>(&self, f: impl FnOnce(&mut Inner, u64) -> io::Result<T>) -> io::Result<T> {
-        let mut inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut inner = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if inner.generation != self.generation {
             return Err(io::Error::other("handle from before a simulated crash"));
         }
@@ -276,13 +298,19 @@ impl SimFile {
         if self.writable {
             Ok(())
         } else {
-            Err(io::Error::new(io::ErrorKind::PermissionDenied, "file opened read-only"))
+            Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "file opened read-only",
+            ))
         }
     }
 }
 
 fn file_mut(inner: &mut Inner, id: u64) -> io::Result<&mut FileData> {
-    inner.files.get_mut(&id).ok_or_else(|| io::Error::other("file vanished"))
+    inner
+        .files
+        .get_mut(&id)
+        .ok_or_else(|| io::Error::other("file vanished"))
 }
 
 impl StorageFile for SimFile {
@@ -314,7 +342,10 @@ impl StorageFile for SimFile {
             let file = file_mut(inner, id)?;
             if !bytes.is_empty() {
                 write_into(&mut file.current, pos, bytes);
-                file.unsynced.push(UnsyncedOp::Write { pos, bytes: bytes.to_vec() });
+                file.unsynced.push(UnsyncedOp::Write {
+                    pos,
+                    bytes: bytes.to_vec(),
+                });
             }
             if full { Err(disk_full()) } else { Ok(()) }
         })
@@ -323,6 +354,7 @@ impl StorageFile for SimFile {
     fn sync_data(&self) -> io::Result<()> {
         self.with(|inner, id| {
             inner.step()?;
+            inner.file_syncs += 1;
             let file = file_mut(inner, id)?;
             file.durable.clone_from(&file.current);
             file.unsynced.clear();
@@ -363,7 +395,10 @@ impl Storage for SimStorage {
         }
         let files = inner.names.keys().filter(|p| p.parent() == Some(path));
         let dirs = inner.dirs.iter().filter(|p| p.parent() == Some(path));
-        Ok(files.chain(dirs).filter_map(|p| p.file_name().map(OsString::from)).collect())
+        Ok(files
+            .chain(dirs)
+            .filter_map(|p| p.file_name().map(OsString::from))
+            .collect())
     }
 
     fn open(&self, path: &Path, writable: bool) -> io::Result<Arc<dyn StorageFile>> {
@@ -419,7 +454,10 @@ impl Storage for SimStorage {
     fn lock_exclusive(&self, path: &Path) -> io::Result<Box<dyn LockGuard>> {
         let mut inner = self.lock();
         if inner.locks.contains(path) {
-            return Err(io::Error::new(io::ErrorKind::WouldBlock, "held by another owner"));
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                "held by another owner",
+            ));
         }
         if !inner.names.contains_key(path) {
             inner.create_file(path)?;
@@ -456,7 +494,10 @@ mod tests {
         assert_eq!(storage.contents(&path).unwrap(), b"durable-lost");
         storage.crash();
         assert_eq!(storage.contents(&path).unwrap(), b"durable");
-        assert!(file.len().is_err(), "a handle from before the crash is dead");
+        assert!(
+            file.len().is_err(),
+            "a handle from before the crash is dead"
+        );
     }
 
     #[test]
@@ -469,7 +510,10 @@ mod tests {
         file.write_all_at(b"cccc", 8).unwrap();
         storage.crash_with(|_, ops| {
             assert_eq!(ops.len(), 3);
-            CrashKeep { ops: 1, torn_bytes: 2 }
+            CrashKeep {
+                ops: 1,
+                torn_bytes: 2,
+            }
         });
         assert_eq!(storage.contents(&path).unwrap(), b"aaaabb");
     }
@@ -480,7 +524,10 @@ mod tests {
         let path = dir.join("f");
         storage.fail_nth_op(2, io::ErrorKind::Other); // the directory sync of create_new
         assert!(storage.create_new(&path).is_err());
-        assert!(storage.contents(&path).is_some(), "the entry exists until the crash");
+        assert!(
+            storage.contents(&path).is_some(),
+            "the entry exists until the crash"
+        );
         storage.crash();
         assert!(storage.contents(&path).is_none());
     }

@@ -1,0 +1,85 @@
+//! Helpers shared by the engine's integration tests.
+#![allow(dead_code, unreachable_pub)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use engine::NewRecord;
+use engine::log::{LogConfig, Record, RecoveryReport, TopicLog};
+use engine::storage::Storage;
+
+/// The body of the `i`-th test record: distinct, of varying length, and self-describing.
+pub fn body(i: u64) -> Vec<u8> {
+    let len = (i % 7) as usize * 13;
+    let mut body = format!("record-{i}:").into_bytes();
+    body.extend(std::iter::repeat_n(b'a' + (i % 26) as u8, len));
+    body
+}
+
+pub fn new_record(body: &[u8]) -> NewRecord<'_> {
+    NewRecord {
+        timestamp_ns: 1_700_000_000_000_000_000,
+        deliver_at_ns: 0,
+        body,
+    }
+}
+
+/// Appends records `first..first + count` one batch at a time.
+pub fn append_range(log: &TopicLog, first: u64, count: u64) {
+    let bodies: Vec<Vec<u8>> = (first..first + count).map(body).collect();
+    let records: Vec<NewRecord<'_>> = bodies.iter().map(|b| new_record(b)).collect();
+    let range = log.append(&records).expect("append");
+    assert_eq!(
+        range,
+        first..first + count,
+        "offsets are dense and continue the log"
+    );
+}
+
+/// Every record from `from` on.
+pub fn read_all(log: &TopicLog, from: u64) -> Vec<Record> {
+    let mut reader = log.reader(from);
+    let mut records = Vec::new();
+    while let Some(record) = reader.next().expect("read") {
+        records.push(record);
+    }
+    records
+}
+
+/// Asserts `records` are exactly the test records with the given offsets, bodies intact.
+pub fn assert_records(records: &[Record], offsets: impl IntoIterator<Item = u64>) {
+    let offsets: Vec<u64> = offsets.into_iter().collect();
+    let got: Vec<u64> = records.iter().map(|r| r.offset).collect();
+    assert_eq!(got, offsets);
+    for record in records {
+        assert_eq!(
+            record.body,
+            body(record.offset),
+            "body of offset {}",
+            record.offset
+        );
+    }
+}
+
+pub fn open(
+    storage: &Arc<dyn Storage>,
+    dir: &Path,
+    config: LogConfig,
+) -> (TopicLog, RecoveryReport) {
+    TopicLog::open(Arc::clone(storage), dir, config).expect("open")
+}
+
+pub fn topic_dir() -> PathBuf {
+    PathBuf::from("/data/topics/t")
+}
+
+/// Segment files of a log directory, sorted by name (and so by offset).
+pub fn segment_paths(dir: &Path) -> Vec<PathBuf> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("list")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    paths.sort();
+    paths
+}
