@@ -127,6 +127,8 @@ struct Written {
     /// Every segment written to, with its new length; the first is the one that was last.
     touched: Vec<(Arc<Segment>, u64)>,
     end_offset: u64,
+    /// Every record below this is durable now: a roll fsyncs the segment it leaves.
+    synced_below: Option<u64>,
 }
 
 impl Shared {
@@ -231,9 +233,10 @@ impl Shared {
         match result {
             Ok(written) => {
                 self.publish(&written);
+                if let Some(synced_below) = written.synced_below {
+                    self.synced_offset.fetch_max(synced_below, Ordering::AcqRel);
+                }
                 if sync {
-                    self.synced_offset
-                        .store(written.end_offset, Ordering::Release);
                     state.unsynced_records = 0;
                     state.last_sync = Instant::now();
                 } else {
@@ -279,12 +282,14 @@ impl Shared {
         let start_len = first.written_len();
         let mut touched = vec![(Arc::clone(&first), start_len)];
         let mut end_offset = self.next_offset.load(Ordering::Acquire);
+        let mut synced_below = None;
         let outcome = (|| {
             let mut file = first.file(&*self.storage)?;
             for chunk in chunks {
                 if let Some(base) = chunk.roll_to {
                     let (old, _) = &touched[touched.len() - 1];
                     sync_or_poison(&*file, &old.path, &self.dir)?;
+                    synced_below = Some(base);
                     let (segment, new_file) = create_segment(&*self.storage, &self.dir, base)?;
                     touched.push((segment, FIRST_RECORD_POS));
                     file = new_file;
@@ -299,6 +304,7 @@ impl Shared {
             if sync {
                 let (segment, _) = &touched[touched.len() - 1];
                 sync_or_poison(&*file, &segment.path, &self.dir)?;
+                synced_below = Some(end_offset);
             }
             Ok(())
         })();
@@ -306,6 +312,7 @@ impl Shared {
             Ok(()) => Ok(Written {
                 touched,
                 end_offset,
+                synced_below,
             }),
             Err(error) => Err(self.undo_round(&first, start_len, &touched[1..], error)),
         }
