@@ -1,1 +1,2 @@
-
+//! Benchmarks of nsq-rs. The criterion benches of the engine live in `benches/`; results and the
+//! commands that made them are in `README.md` beside this crate.
