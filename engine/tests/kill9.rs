@@ -6,6 +6,8 @@
 //! one line per acknowledged batch. The parent SIGKILLs it once it has seen a random number of
 //! acknowledgements, reopens the data directory (taking its lock, which the dead child held), and
 //! checks every acknowledged record and every record in the log. It repeats for `CYCLES` cycles.
+//! While the child runs, the parent's attempt to lock the data directory must fail with an error
+//! naming the child's pid.
 //! The seed is printed; `KILL9_SEED=n` reproduces a run.
 
 // A failed unwrap in a test is a failed assertion; the lint guards library code against input.
@@ -121,6 +123,15 @@ fn run_cycle(exe: &Path, data_dir: &Path, cycle: u64, acks_before_kill: u64) -> 
             .expect("the child died before it was killed")
             .unwrap();
         acks.push(line);
+        if acks.len() == 1 {
+            // The child holds the data directory: a second process is refused, by name.
+            let error = DataDirLock::acquire(&FsStorage, data_dir).unwrap_err();
+            let message = error.to_string();
+            assert!(
+                message.contains(&format!("(pid {})", child.id())),
+                "{message}"
+            );
+        }
     }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
