@@ -11,12 +11,7 @@
 //! the disk does not fill during a long run.
 
 // A benchmark that meets an error has nothing to measure: it stops with the error.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::cast_precision_loss
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::cast_precision_loss)]
 
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
@@ -30,22 +25,12 @@ const BODY_BYTES: usize = 200;
 
 fn open_log(dir: &std::path::Path, sync: SyncPolicy) -> TopicLog {
     let storage: Arc<dyn Storage> = Arc::new(FsStorage);
-    let config = LogConfig {
-        sync,
-        ..LogConfig::default()
-    };
+    let config = LogConfig { sync, ..LogConfig::default() };
     TopicLog::open(storage, dir, config).expect("open").0
 }
 
 fn records(body: &[u8], count: usize) -> Vec<NewRecord<'_>> {
-    vec![
-        NewRecord {
-            timestamp_ns: 1,
-            deliver_at_ns: 0,
-            body
-        };
-        count
-    ]
+    vec![NewRecord { timestamp_ns: 1, deliver_at_ns: 0, body }; count]
 }
 
 fn bench_dir() -> tempfile::TempDir {
@@ -68,9 +53,7 @@ fn append_single(c: &mut Criterion) {
     for (name, policy) in [("lazy", lazy), ("always", SyncPolicy::Always)] {
         let mut group = c.benchmark_group(format!("append/{name}"));
         if policy == SyncPolicy::Always {
-            group
-                .sample_size(10)
-                .measurement_time(Duration::from_secs(5));
+            group.sample_size(10).measurement_time(Duration::from_secs(5));
         }
         for batch in [1usize, 200] {
             let tmp = bench_dir();
@@ -97,9 +80,7 @@ fn append_concurrent(c: &mut Criterion) {
     const APPENDERS: usize = 8;
     const BATCH: usize = 200;
     let mut group = c.benchmark_group("append/always");
-    group
-        .sample_size(10)
-        .measurement_time(Duration::from_secs(10));
+    group.sample_size(10).measurement_time(Duration::from_secs(10));
     group.throughput(Throughput::Elements(BATCH as u64));
     let tmp = bench_dir();
     let log = Arc::new(open_log(tmp.path(), SyncPolicy::Always));

@@ -25,10 +25,7 @@ impl DataDirLock {
             .map_err(|e| LogError::io("create directory", data_dir, e))?;
         let path = data_dir.join(LOCK_FILE_NAME);
         match storage.lock_exclusive(&path) {
-            Ok(guard) => Ok(Self {
-                path,
-                _guard: guard,
-            }),
+            Ok(guard) => Ok(Self { path, _guard: guard }),
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
                 let holder = holder_pid(storage, &path).map(|pid| format!(" (pid {pid})"));
                 Err(LogError::Locked {

@@ -3,12 +3,7 @@
 //! record is kept.
 
 // A failed unwrap in a test is a failed assertion; the lint guards library code against input.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::cast_possible_truncation
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::cast_possible_truncation)]
 
 mod common;
 
@@ -24,11 +19,7 @@ use engine::storage::{FsStorage, Storage};
 const RECORDS: u64 = 2000;
 
 fn config() -> LogConfig {
-    LogConfig {
-        max_bytes_per_file: 64 * 1024,
-        sync: SyncPolicy::Always,
-        ..LogConfig::default()
-    }
+    LogConfig { max_bytes_per_file: 64 * 1024, sync: SyncPolicy::Always, ..LogConfig::default() }
 }
 
 fn open(dir: &Path) -> (TopicLog, RecoveryReport) {
@@ -50,13 +41,7 @@ fn written_log() -> (tempfile::TempDir, PathBuf) {
 }
 
 fn first_offset(segment: &Path) -> u64 {
-    segment
-        .file_stem()
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap()
+    segment.file_stem().unwrap().to_str().unwrap().parse().unwrap()
 }
 
 /// File position and length of every record of the segment, from the known bodies.
@@ -84,11 +69,7 @@ fn damage(path: &Path, pos: u64, bytes: &[u8]) {
 }
 
 fn flip(path: &Path, pos: u64) {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
+    let file = OpenOptions::new().read(true).write(true).open(path).unwrap();
     let mut byte = [0u8];
     file.read_exact_at(&mut byte, pos).unwrap();
     file.write_all_at(&[byte[0] ^ 0x10], pos).unwrap();
@@ -113,10 +94,7 @@ fn flipped_byte_in_a_body_of_the_last_segment_is_quarantined_at_open() {
     let (log, report) = open(&dir);
     assert_eq!(report.quarantined.len(), 1, "{report:?}");
     let q = &report.quarantined[0];
-    assert_eq!(
-        (q.segment.as_path(), q.position, q.len_bytes),
-        (last.as_path(), pos, len)
-    );
+    assert_eq!((q.segment.as_path(), q.position, q.len_bytes), (last.as_path(), pos, len));
     assert_eq!(q.after_offset, Some(offset - 1));
     assert!(report.truncated.is_none());
     assert_records(&read_all(&log, 0), all_but(&[offset]));
@@ -135,33 +113,20 @@ fn flipped_byte_in_a_body_of_an_older_segment_is_quarantined_when_read() {
     assert_records(&read_all(&log, 0), all_but(&[offset]));
     assert_eq!(log.stats().quarantined_ranges, 1);
     assert_eq!(log.read_at(offset).unwrap(), None);
-    assert_eq!(
-        log.read_at(offset + 1).unwrap().unwrap().body,
-        body(offset + 1)
-    );
-    assert_eq!(
-        log.stats().quarantined_ranges,
-        1,
-        "each damaged range is counted once"
-    );
+    assert_eq!(log.read_at(offset + 1).unwrap().unwrap().body, body(offset + 1));
+    assert_eq!(log.stats().quarantined_ranges, 1, "each damaged range is counted once");
 }
 
 #[test]
 fn flipped_byte_in_a_length_is_quarantined_and_the_records_after_it_kept() {
     let (_tmp, dir) = written_log();
-    for segment in [
-        segment_paths(&dir).remove(0),
-        segment_paths(&dir).pop().unwrap(),
-    ] {
+    for segment in [segment_paths(&dir).remove(0), segment_paths(&dir).pop().unwrap()] {
         let (offset, pos, _) = middle_record(&dir, &segment);
         flip(&segment, pos + 5); // body_len, bytes 4..8 of the frame
         let (log, _) = open(&dir);
         let records = read_all(&log, 0);
         assert!(records.iter().all(|r| r.offset != offset));
-        assert!(
-            records.iter().any(|r| r.offset == offset + 1),
-            "resynchronised after the damage"
-        );
+        assert!(records.iter().any(|r| r.offset == offset + 1), "resynchronised after the damage");
         flip(&segment, pos + 5);
     }
 }
@@ -202,21 +167,11 @@ fn a_last_record_cut_at_any_byte_is_truncated_and_every_earlier_record_kept() {
             assert!(report.is_clean(), "cut at a record boundary: nothing torn");
         } else {
             let truncated = report.truncated.clone().expect("torn tail reported");
-            assert_eq!(
-                (truncated.position, truncated.len_bytes),
-                (last_pos, cut - last_pos)
-            );
+            assert_eq!((truncated.position, truncated.len_bytes), (last_pos, cut - last_pos));
         }
         assert_eq!(report.next_offset, last_offset, "cut at {cut}");
-        assert_eq!(
-            std::fs::metadata(&last).unwrap().len(),
-            last_pos,
-            "truncated on disk"
-        );
-        assert_eq!(
-            log.read_at(last_offset - 1).unwrap().unwrap().body,
-            body(last_offset - 1)
-        );
+        assert_eq!(std::fs::metadata(&last).unwrap().len(), last_pos, "truncated on disk");
+        assert_eq!(log.read_at(last_offset - 1).unwrap().unwrap().body, body(last_offset - 1));
         drop(log);
     }
     let (log, _) = open(&dir);
@@ -240,11 +195,8 @@ fn a_zeroed_4k_block_mid_segment_loses_only_the_records_it_overlaps() {
     for which in ["older", "last"] {
         let (_tmp, dir) = written_log();
         let paths = segment_paths(&dir);
-        let segment = if which == "older" {
-            paths[0].clone()
-        } else {
-            paths[paths.len() - 1].clone()
-        };
+        let segment =
+            if which == "older" { paths[0].clone() } else { paths[paths.len() - 1].clone() };
         let len = std::fs::metadata(&segment).unwrap().len();
         let zero_at = (len / 2 / 4096) * 4096;
         assert!(zero_at + 4096 < len, "{which}: the block is mid-segment");

@@ -11,32 +11,25 @@
 //! The seed is printed; `KILL9_SEED=n` reproduces a run.
 
 // A failed unwrap in a test is a failed assertion; the lint guards library code against input.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::cast_possible_truncation
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::cast_possible_truncation)]
+
+mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
+use engine::DataDirLock;
 use engine::log::{LogConfig, SyncPolicy, TopicLog};
 use engine::storage::{FsStorage, Storage};
-use engine::{DataDirLock, NewRecord};
 
 const CYCLES: u64 = 25;
 const CHILD_THREADS: u64 = 4;
 const CHILD_ENV: &str = "KILL9_CHILD_DATA_DIR";
 
 fn config() -> LogConfig {
-    LogConfig {
-        max_bytes_per_file: 256 * 1024,
-        sync: SyncPolicy::Always,
-        ..LogConfig::default()
-    }
+    LogConfig { max_bytes_per_file: 256 * 1024, sync: SyncPolicy::Always, ..LogConfig::default() }
 }
 
 fn topic_dir(data_dir: &Path) -> PathBuf {
@@ -76,15 +69,7 @@ fn child(data_dir: &Path, cycle: u64) {
                     let count = 1 + (seq * 7 + thread) % 20;
                     let bodies: Vec<Vec<u8>> =
                         (seq..seq + count).map(|s| body(cycle, thread, s)).collect();
-                    let records: Vec<NewRecord<'_>> = bodies
-                        .iter()
-                        .map(|b| NewRecord {
-                            timestamp_ns: 1,
-                            deliver_at_ns: 0,
-                            body: b,
-                        })
-                        .collect();
-                    let range = log.append(&records).unwrap();
+                    let range = log.append(&common::new_records(&bodies)).unwrap();
                     let mut out = std::io::stdout().lock();
                     writeln!(out, "{thread} {seq} {count} {}", range.start).unwrap();
                     out.flush().unwrap();
@@ -118,19 +103,13 @@ fn run_cycle(exe: &Path, data_dir: &Path, cycle: u64, acks_before_kill: u64) -> 
     let mut lines = BufReader::new(stdout).lines();
     let mut acks = Vec::new();
     while (acks.len() as u64) < acks_before_kill {
-        let line = lines
-            .next()
-            .expect("the child died before it was killed")
-            .unwrap();
+        let line = lines.next().expect("the child died before it was killed").unwrap();
         acks.push(line);
         if acks.len() == 1 {
             // The child holds the data directory: a second process is refused, by name.
             let error = DataDirLock::acquire(&FsStorage, data_dir).unwrap_err();
             let message = error.to_string();
-            assert!(
-                message.contains(&format!("(pid {})", child.id())),
-                "{message}"
-            );
+            assert!(message.contains(&format!("(pid {})", child.id())), "{message}");
         }
     }
     child.kill().unwrap(); // SIGKILL
@@ -142,12 +121,7 @@ fn run_cycle(exe: &Path, data_dir: &Path, cycle: u64, acks_before_kill: u64) -> 
         .filter_map(|line| {
             let mut fields = line.split(' ').map(str::parse::<u64>);
             let mut next = || fields.next()?.ok();
-            Some(Ack {
-                thread: next()?,
-                seq: next()?,
-                count: next()?,
-                offset: next()?,
-            })
+            Some(Ack { thread: next()?, seq: next()?, count: next()?, offset: next()? })
         })
         .collect();
 
@@ -180,12 +154,7 @@ fn run_cycle(exe: &Path, data_dir: &Path, cycle: u64, acks_before_kill: u64) -> 
         previous = Some(record.offset);
         let (c, t, s) = parse_identity(&record.body)
             .unwrap_or_else(|| panic!("offset {} holds a record nobody wrote", record.offset));
-        assert_eq!(
-            record.body,
-            body(c, t, s),
-            "offset {} is corrupt",
-            record.offset
-        );
+        assert_eq!(record.body, body(c, t, s), "offset {} is corrupt", record.offset);
         records += 1;
     }
     assert_eq!(log.stats().quarantined_ranges, 0);
@@ -204,21 +173,13 @@ fn main() {
         println!("kill9: test");
         return;
     }
-    if args
-        .iter()
-        .any(|a| !a.starts_with('-') && !"kill9".contains(a.as_str()))
-    {
+    if args.iter().any(|a| !a.starts_with('-') && !"kill9".contains(a.as_str())) {
         return;
     }
-    let seed = std::env::var("KILL9_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
+    let seed = std::env::var("KILL9_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+            as u64
+    });
     println!("kill9: seed {seed} (KILL9_SEED={seed} reproduces)");
     let exe = std::env::current_exe().unwrap();
     let tmp = tempfile::tempdir().unwrap();
@@ -233,10 +194,7 @@ fn main() {
         acknowledged += a;
         records = r;
     }
-    assert!(
-        records >= acknowledged,
-        "the log holds every acknowledged record"
-    );
+    assert!(records >= acknowledged, "the log holds every acknowledged record");
     println!(
         "kill9: {CYCLES} kill -9 cycles, {acknowledged} acknowledged records checked, \
          {records} records in the log, 0 lost, 0 corrupt, 0 invented"

@@ -1,12 +1,7 @@
 //! Behaviour of the topic log on the simulated storage: each test names the property it proves.
 
 // A failed unwrap in a test is a failed assertion; the lint guards library code against input.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::cast_possible_truncation
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::cast_possible_truncation)]
 
 mod common;
 
@@ -26,18 +21,15 @@ fn sim() -> (SimStorage, Arc<dyn Storage>) {
     (sim, storage)
 }
 
-fn small_segments(sync: SyncPolicy) -> LogConfig {
-    LogConfig {
-        max_bytes_per_file: 512,
-        sync,
-        ..LogConfig::default()
-    }
+fn with_sync(sync: SyncPolicy) -> LogConfig {
+    LogConfig { sync, ..LogConfig::default() }
 }
 
-const LAZY: SyncPolicy = SyncPolicy::Every {
-    records: u64::MAX,
-    interval: Duration::MAX,
-};
+fn small_segments(sync: SyncPolicy) -> LogConfig {
+    LogConfig { max_bytes_per_file: 512, sync, ..LogConfig::default() }
+}
+
+const LAZY: SyncPolicy = SyncPolicy::Every { records: u64::MAX, interval: Duration::MAX };
 
 #[test]
 fn appended_records_read_back_in_order_with_dense_offsets() {
@@ -56,11 +48,7 @@ fn appended_records_read_back_in_order_with_dense_offsets() {
 fn records_keep_timestamps_and_deliver_at() {
     let (_, storage) = sim();
     let (log, _) = open(&storage, &topic_dir(), LogConfig::default());
-    let record = NewRecord {
-        timestamp_ns: -5,
-        deliver_at_ns: 123_456,
-        body: b"deferred",
-    };
+    let record = NewRecord { timestamp_ns: -5, deliver_at_ns: 123_456, body: b"deferred" };
     log.append(&[record]).unwrap();
     let read = log.read_at(0).unwrap().unwrap();
     assert_eq!((read.timestamp_ns, read.deliver_at_ns), (-5, 123_456));
@@ -90,10 +78,7 @@ fn segments_roll_at_max_bytes_and_a_large_record_stands_alone() {
     let (log, _) = open(&storage, &topic_dir(), small_segments(LAZY));
     append_range(&log, 0, 40);
     let paths = sim.file_paths();
-    assert!(
-        paths.len() > 3,
-        "40 records of 32..110 bytes roll 512-byte segments: {paths:?}"
-    );
+    assert!(paths.len() > 3, "40 records of 32..110 bytes roll 512-byte segments: {paths:?}");
     for path in &paths {
         let len = sim.contents(path).unwrap().len();
         assert!(len <= 512, "{} is {len} bytes", path.display());
@@ -103,11 +88,7 @@ fn segments_roll_at_max_bytes_and_a_large_record_stands_alone() {
     assert_eq!(range, 40..41);
     let last = sim.file_paths().pop().unwrap();
     assert_eq!(last, topic_dir().join("00000000000000000040.seg"));
-    assert_eq!(
-        sim.contents(&last).unwrap().len(),
-        32 + 32 + 2000,
-        "header + one record"
-    );
+    assert_eq!(sim.contents(&last).unwrap().len(), 32 + 32 + 2000, "header + one record");
     assert_eq!(log.read_at(40).unwrap().unwrap().body, big);
     assert_records(&read_all(&log, 0)[..40], 0..40);
 }
@@ -132,21 +113,14 @@ fn a_reader_follows_the_log_as_it_grows_across_segments() {
 #[test]
 fn read_at_finds_every_record_in_every_segment() {
     let (_, storage) = sim();
-    let config = LogConfig {
-        max_bytes_per_file: 256 * 1024,
-        ..LogConfig::default()
-    };
+    let config = LogConfig { max_bytes_per_file: 256 * 1024, ..LogConfig::default() };
     let (log, _) = open(&storage, &topic_dir(), config);
     for batch in 0..40 {
         append_range(&log, batch * 500, 500);
     }
     assert!(log.stats().segments > 5);
     for offset in (0..20_000).step_by(97).chain([19_999]) {
-        assert_eq!(
-            log.read_at(offset).unwrap().unwrap().body,
-            body(offset),
-            "offset {offset}"
-        );
+        assert_eq!(log.read_at(offset).unwrap().unwrap().body, body(offset), "offset {offset}");
     }
 }
 
@@ -173,16 +147,9 @@ fn remove_below_deletes_only_whole_segments_below_the_offset_and_never_the_last(
     let (log, _) = open(&storage, &topic_dir(), small_segments(LAZY));
     append_range(&log, 0, 60);
     let before = log.stats().segments;
-    let failing = Recorder {
-        fail: true,
-        ..Recorder::default()
-    };
+    let failing = Recorder { fail: true, ..Recorder::default() };
     assert!(log.remove_below(30, Some(&failing)).is_err());
-    assert_eq!(
-        log.stats().segments,
-        before,
-        "a failed archive keeps the segment"
-    );
+    assert_eq!(log.stats().segments, before, "a failed archive keeps the segment");
 
     let recorder = Recorder::default();
     let removed = log.remove_below(30, Some(&recorder)).unwrap();
@@ -193,10 +160,7 @@ fn remove_below_deletes_only_whole_segments_below_the_offset_and_never_the_last(
     for ((info, len), removed) in archived.iter().zip(&removed) {
         assert_eq!(info, removed);
         assert_eq!(*len as u64, info.len_bytes);
-        assert!(
-            sim.contents(&info.path).is_none(),
-            "deleted after archiving"
-        );
+        assert!(sim.contents(&info.path).is_none(), "deleted after archiving");
     }
     let oldest = log.stats().oldest_offset;
     assert!(oldest <= 30 && oldest > 0);
@@ -208,11 +172,7 @@ fn remove_below_deletes_only_whole_segments_below_the_offset_and_never_the_last(
     append_range(&log, 60, 3);
     let (log, report) = open(&storage, &topic_dir(), small_segments(LAZY));
     assert_eq!(report.next_offset, 63);
-    assert!(
-        read_all(&log, 0)
-            .iter()
-            .all(|r| r.offset >= report.oldest_offset)
-    );
+    assert!(read_all(&log, 0).iter().all(|r| r.offset >= report.oldest_offset));
 }
 
 #[test]
@@ -231,35 +191,14 @@ fn always_policy_makes_every_acknowledged_append_survive_a_crash() {
 #[test]
 fn lazy_policy_syncs_every_n_records_and_a_crash_loses_only_the_unsynced() {
     let (sim, storage) = sim();
-    let policy = SyncPolicy::Every {
-        records: 10,
-        interval: Duration::MAX,
-    };
-    let (log, _) = open(
-        &storage,
-        &topic_dir(),
-        LogConfig {
-            sync: policy,
-            ..LogConfig::default()
-        },
-    );
+    let policy = SyncPolicy::Every { records: 10, interval: Duration::MAX };
+    let (log, _) = open(&storage, &topic_dir(), with_sync(policy));
     for i in 0..25 {
         append_range(&log, i, 1);
     }
-    assert_eq!(
-        log.stats().synced_offset,
-        20,
-        "fsync at the 10th and 20th record"
-    );
+    assert_eq!(log.stats().synced_offset, 20, "fsync at the 10th and 20th record");
     sim.crash();
-    let (log, report) = open(
-        &storage,
-        &topic_dir(),
-        LogConfig {
-            sync: policy,
-            ..LogConfig::default()
-        },
-    );
+    let (log, report) = open(&storage, &topic_dir(), with_sync(policy));
     assert_eq!(report.next_offset, 20);
     assert_records(&read_all(&log, 0), 0..20);
 }
@@ -267,44 +206,20 @@ fn lazy_policy_syncs_every_n_records_and_a_crash_loses_only_the_unsynced() {
 #[test]
 fn sync_if_due_syncs_only_once_the_interval_has_passed() {
     let (sim, storage) = sim();
-    let (log, _) = open(
-        &storage,
-        &topic_dir(),
-        LogConfig {
-            sync: LAZY,
-            ..LogConfig::default()
-        },
-    );
+    let (log, _) = open(&storage, &topic_dir(), with_sync(LAZY));
     append_range(&log, 0, 3);
     let syncs = sim.file_syncs();
     assert!(!log.sync_if_due().unwrap(), "the interval has not passed");
     assert_eq!((log.stats().synced_offset, sim.file_syncs()), (0, syncs));
     log.sync().unwrap();
-    assert_eq!(
-        (log.stats().synced_offset, sim.file_syncs()),
-        (3, syncs + 1)
-    );
+    assert_eq!((log.stats().synced_offset, sim.file_syncs()), (3, syncs + 1));
 
-    let due = SyncPolicy::Every {
-        records: u64::MAX,
-        interval: Duration::ZERO,
-    };
+    let due = SyncPolicy::Every { records: u64::MAX, interval: Duration::ZERO };
     let dir = std::path::PathBuf::from("/data/topics/u");
-    let (log, _) = open(
-        &storage,
-        &dir,
-        LogConfig {
-            sync: due,
-            ..LogConfig::default()
-        },
-    );
+    let (log, _) = open(&storage, &dir, with_sync(due));
     assert!(!log.sync_if_due().unwrap(), "nothing unsynced: no fsync");
     append_range(&log, 0, 2);
-    assert_eq!(
-        log.stats().synced_offset,
-        2,
-        "an append past the interval syncs"
-    );
+    assert_eq!(log.stats().synced_offset, 2, "an append past the interval syncs");
 }
 
 #[test]
@@ -312,31 +227,20 @@ fn disk_full_fails_the_append_harms_nothing_and_appends_resume_when_space_return
     let (sim, storage) = sim();
     let (log, _) = open(&storage, &topic_dir(), small_segments(SyncPolicy::Always));
     append_range(&log, 0, 20);
-    let used: u64 = sim
-        .file_paths()
-        .iter()
-        .map(|p| sim.contents(p).unwrap().len() as u64)
-        .sum();
+    let used: u64 = sim.file_paths().iter().map(|p| sim.contents(p).unwrap().len() as u64).sum();
     sim.set_capacity(Some(used + 100));
     let bodies: Vec<Vec<u8>> = (20..40).map(body).collect();
     let records: Vec<NewRecord<'_>> = bodies.iter().map(|b| new_record(b)).collect();
     let error = log.append(&records).unwrap_err();
     assert!(matches!(error, LogError::DiskFull { .. }), "{error}");
-    assert_eq!(
-        log.next_offset(),
-        20,
-        "nothing of the failed batch was appended"
-    );
+    assert_eq!(log.next_offset(), 20, "nothing of the failed batch was appended");
     assert_records(&read_all(&log, 0), 0..20);
     sim.set_capacity(None);
     append_range(&log, 20, 20);
     assert_records(&read_all(&log, 0), 0..40);
     sim.crash();
     let (log, report) = open(&storage, &topic_dir(), small_segments(SyncPolicy::Always));
-    assert!(
-        report.is_clean(),
-        "the failed write left no bytes behind: {report:?}"
-    );
+    assert!(report.is_clean(), "the failed write left no bytes behind: {report:?}");
     assert_records(&read_all(&log, 0), 0..40);
 }
 
@@ -349,21 +253,10 @@ fn disk_full_while_rolling_fails_the_append_and_appends_resume() {
     // The next batch must roll; fail the creation of the new segment's header write.
     let big = vec![1u8; 600];
     sim.set_capacity(Some(
-        sim.file_paths()
-            .iter()
-            .map(|p| sim.contents(p).unwrap().len() as u64)
-            .sum::<u64>()
-            + 10,
+        sim.file_paths().iter().map(|p| sim.contents(p).unwrap().len() as u64).sum::<u64>() + 10,
     ));
-    assert!(matches!(
-        log.append(&[new_record(&big)]),
-        Err(LogError::DiskFull { .. })
-    ));
-    assert_eq!(
-        sim.file_paths().len(),
-        files,
-        "the half-made segment was removed"
-    );
+    assert!(matches!(log.append(&[new_record(&big)]), Err(LogError::DiskFull { .. })));
+    assert_eq!(sim.file_paths().len(), files, "the half-made segment was removed");
     sim.set_capacity(None);
     assert_eq!(log.append(&[new_record(&big)]).unwrap(), 5..6);
 }
@@ -371,14 +264,7 @@ fn disk_full_while_rolling_fails_the_append_and_appends_resume() {
 #[test]
 fn a_write_error_fails_only_that_append() {
     let (sim, storage) = sim();
-    let (log, _) = open(
-        &storage,
-        &topic_dir(),
-        LogConfig {
-            sync: LAZY,
-            ..LogConfig::default()
-        },
-    );
+    let (log, _) = open(&storage, &topic_dir(), with_sync(LAZY));
     append_range(&log, 0, 3);
     sim.fail_nth_op(1, io::ErrorKind::Other);
     let error = log.append(&[new_record(b"x")]).unwrap_err();
@@ -397,10 +283,7 @@ fn a_failed_fsync_poisons_the_log_until_reopen() {
     sim.fail_nth_op(1, io::ErrorKind::Other);
     assert!(matches!(log.sync(), Err(LogError::Poisoned { .. })));
     let syncs = sim.file_syncs();
-    assert!(matches!(
-        log.append(&[new_record(b"x")]),
-        Err(LogError::Poisoned { .. })
-    ));
+    assert!(matches!(log.append(&[new_record(b"x")]), Err(LogError::Poisoned { .. })));
     assert!(matches!(log.sync(), Err(LogError::Poisoned { .. })));
     assert_eq!(sim.file_syncs(), syncs, "the fsync is never retried");
     assert_records(&read_all(&log, 0), 0..4);
@@ -480,17 +363,11 @@ impl Storage for GatedStorage {
     }
     fn open(&self, path: &std::path::Path, writable: bool) -> io::Result<Arc<dyn StorageFile>> {
         let inner = self.inner.open(path, writable)?;
-        Ok(Arc::new(GatedFile {
-            inner,
-            gate: Arc::clone(&self.gate),
-        }))
+        Ok(Arc::new(GatedFile { inner, gate: Arc::clone(&self.gate) }))
     }
     fn create_new(&self, path: &std::path::Path) -> io::Result<Arc<dyn StorageFile>> {
         let inner = self.inner.create_new(path)?;
-        Ok(Arc::new(GatedFile {
-            inner,
-            gate: Arc::clone(&self.gate),
-        }))
+        Ok(Arc::new(GatedFile { inner, gate: Arc::clone(&self.gate) }))
     }
     fn remove_file(&self, path: &std::path::Path) -> io::Result<()> {
         self.inner.remove_file(path)
@@ -513,14 +390,9 @@ impl Storage for GatedStorage {
 fn appends_that_queue_during_an_fsync_share_the_next_fsync() {
     let sim = SimStorage::new();
     let gate = Arc::new(Gate::default());
-    let storage: Arc<dyn Storage> = Arc::new(GatedStorage {
-        inner: sim.clone(),
-        gate: Arc::clone(&gate),
-    });
-    let config = LogConfig {
-        sync: SyncPolicy::Always,
-        ..LogConfig::default()
-    };
+    let storage: Arc<dyn Storage> =
+        Arc::new(GatedStorage { inner: sim.clone(), gate: Arc::clone(&gate) });
+    let config = with_sync(SyncPolicy::Always);
     let (log, _) = open(&storage, &topic_dir(), config);
     let log = Arc::new(log);
     let syncs_before = sim.file_syncs();
@@ -542,21 +414,14 @@ fn appends_that_queue_during_an_fsync_share_the_next_fsync() {
     let mut offsets: Vec<u64> = rest.into_iter().map(|t| t.join().unwrap().start).collect();
     offsets.sort_unstable();
     assert_eq!(offsets, (1..8).collect::<Vec<_>>());
-    assert_eq!(
-        sim.file_syncs() - syncs_before,
-        2,
-        "eight appends, two fsyncs"
-    );
+    assert_eq!(sim.file_syncs() - syncs_before, 2, "eight appends, two fsyncs");
     assert_eq!(log.stats().synced_offset, 8);
 }
 
 #[test]
 fn concurrent_always_appends_all_land_once_and_durably() {
     let (sim, storage) = sim();
-    let config = LogConfig {
-        sync: SyncPolicy::Always,
-        ..LogConfig::default()
-    };
+    let config = with_sync(SyncPolicy::Always);
     let (log, _) = open(&storage, &topic_dir(), config.clone());
     let log = Arc::new(log);
     let appends = Arc::new(AtomicUsize::new(0));
@@ -590,34 +455,18 @@ fn concurrent_always_appends_all_land_once_and_durably() {
 #[test]
 fn limits_are_checked_before_anything_is_written() {
     let (_, storage) = sim();
-    let config = LogConfig {
-        max_body_bytes: 10,
-        max_batch_records: 2,
-        ..LogConfig::default()
-    };
+    let config = LogConfig { max_body_bytes: 10, max_batch_records: 2, ..LogConfig::default() };
     let (log, _) = open(&storage, &topic_dir(), config);
     let error = log.append(&[new_record(&[0; 11])]).unwrap_err();
-    assert!(matches!(
-        error,
-        LogError::BodyTooLarge {
-            len: 11,
-            limit_bytes: 10
-        }
-    ));
+    assert!(matches!(error, LogError::BodyTooLarge { len: 11, limit_bytes: 10 }));
     let three = [new_record(b"a"), new_record(b"b"), new_record(b"c")];
     assert!(matches!(
         log.append(&three),
-        Err(LogError::BatchTooLarge {
-            len: 3,
-            limit_records: 2
-        })
+        Err(LogError::BatchTooLarge { len: 3, limit_records: 2 })
     ));
     assert_eq!(log.append(&[]).unwrap(), 0..0);
     assert_eq!(log.next_offset(), 0);
-    let bad = LogConfig {
-        max_bytes_per_file: 32,
-        ..LogConfig::default()
-    };
+    let bad = LogConfig { max_bytes_per_file: 32, ..LogConfig::default() };
     assert!(matches!(
         engine::TopicLog::open(Arc::clone(&storage), "/data/topics/x", bad),
         Err(LogError::InvalidConfig(_))
@@ -630,10 +479,7 @@ fn a_closed_log_refuses_appends_and_still_reads() {
     let (log, _) = open(&storage, &topic_dir(), LogConfig::default());
     append_range(&log, 0, 2);
     log.close().unwrap();
-    assert!(matches!(
-        log.append(&[new_record(b"x")]),
-        Err(LogError::Closed { .. })
-    ));
+    assert!(matches!(log.append(&[new_record(b"x")]), Err(LogError::Closed { .. })));
     assert_records(&read_all(&log, 0), 0..2);
 }
 
@@ -644,15 +490,8 @@ fn a_crash_while_rolling_leaves_a_headerless_segment_that_gets_a_header() {
     append_range(&log, 0, 5);
     drop(log);
     let path = topic_dir().join("00000000000000000005.seg");
-    storage
-        .create_new(&path)
-        .unwrap()
-        .write_all_at(b"NSQ", 0)
-        .unwrap();
-    sim.crash_with(|_, _| engine::storage::CrashKeep {
-        ops: 1,
-        torn_bytes: 0,
-    });
+    storage.create_new(&path).unwrap().write_all_at(b"NSQ", 0).unwrap();
+    sim.crash_with(|_, _| engine::storage::CrashKeep { ops: 1, torn_bytes: 0 });
     let (log, report) = open(&storage, &topic_dir(), small_segments(SyncPolicy::Always));
     assert_eq!(report.header_rewritten, Some(path));
     assert_eq!(report.next_offset, 5);
@@ -678,10 +517,7 @@ fn a_data_directory_has_one_owner() {
     let error = DataDirLock::acquire(&storage, dir.path()).unwrap_err();
     let message = error.to_string();
     assert!(matches!(error, LogError::Locked { .. }));
-    assert!(
-        message.contains(&format!("pid {}", std::process::id())),
-        "{message}"
-    );
+    assert!(message.contains(&format!("pid {}", std::process::id())), "{message}");
     drop(first);
     DataDirLock::acquire(&storage, dir.path()).unwrap();
 }

@@ -10,19 +10,15 @@
 //! - the recovery report states exactly the truncation the simulator caused.
 
 // A failed unwrap in a test is a failed assertion; the lint guards library code against input.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::cast_possible_truncation
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::cast_possible_truncation)]
+
+mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use engine::NewRecord;
 use engine::format::segment_file_name;
 use engine::log::{LogConfig, SyncPolicy, TopicLog};
 use engine::storage::{CrashKeep, SimStorage, Storage, UnsyncedOp};
@@ -183,15 +179,7 @@ impl Harness {
     fn apply(&mut self, op: &Op) {
         match op {
             Op::Append(bodies) => {
-                let records: Vec<NewRecord<'_>> = bodies
-                    .iter()
-                    .map(|b| NewRecord {
-                        timestamp_ns: 1,
-                        deliver_at_ns: 0,
-                        body: b,
-                    })
-                    .collect();
-                let range = self.log().append(&records).unwrap();
+                let range = self.log().append(&common::new_records(bodies)).unwrap();
                 let first = self.model.next_offset;
                 assert_eq!(range, first..first + bodies.len() as u64, "dense offsets");
                 self.model.append(bodies);
@@ -200,11 +188,8 @@ impl Harness {
             Op::Read(pick) => self.check_reads(self.pick_offset(*pick)),
             Op::ReadAt(pick) => {
                 let offset = self.pick_offset(*pick);
-                let want = self
-                    .model
-                    .records()
-                    .find(|r| r.offset == offset)
-                    .map(|r| r.body.clone());
+                let want =
+                    self.model.records().find(|r| r.offset == offset).map(|r| r.body.clone());
                 let got = self.log().read_at(offset).unwrap().map(|r| r.body.to_vec());
                 assert_eq!(got, want, "read_at {offset}");
             }
@@ -254,17 +239,10 @@ impl Harness {
                 }
                 _ => 0,
             };
-            CrashKeep {
-                ops: keep_ops,
-                torn_bytes,
-            }
+            CrashKeep { ops: keep_ops, torn_bytes }
         });
         let last = self.dir.join(segment_file_name(self.model.last_first()));
-        let len = self
-            .sim
-            .contents(&last)
-            .expect("the last segment is durable")
-            .len() as u64;
+        let len = self.sim.contents(&last).expect("the last segment is durable").len() as u64;
         let torn = self.model.crash(len);
         let report = self.open();
         assert_eq!(
@@ -272,19 +250,12 @@ impl Harness {
             torn,
             "{report:?}"
         );
-        assert!(
-            report.quarantined.is_empty() && report.corrupt_header.is_none(),
-            "{report:?}"
-        );
+        assert!(report.quarantined.is_empty() && report.corrupt_header.is_none(), "{report:?}");
         assert_eq!(report.next_offset, self.model.next_offset);
         self.check_reads(0);
         for (offset, body) in durable {
             let record = self.log().read_at(offset).unwrap();
-            assert_eq!(
-                record.map(|r| r.body.to_vec()),
-                Some(body),
-                "durable offset {offset} lost"
-            );
+            assert_eq!(record.map(|r| r.body.to_vec()), Some(body), "durable offset {offset} lost");
         }
     }
 }
@@ -292,21 +263,14 @@ impl Harness {
 fn policy() -> impl Strategy<Value = SyncPolicy> {
     prop_oneof![
         Just(SyncPolicy::Always),
-        (2u64..8).prop_map(|records| SyncPolicy::Every {
-            records,
-            interval: Duration::MAX
-        }),
+        (2u64..8).prop_map(|records| SyncPolicy::Every { records, interval: Duration::MAX }),
     ]
 }
 
 fn run(policy: SyncPolicy, max_bytes_per_file: u64, ops: &[Op]) {
     let sim = SimStorage::new();
     let storage: Arc<dyn Storage> = Arc::new(sim.clone());
-    let config = LogConfig {
-        max_bytes_per_file,
-        sync: policy,
-        ..LogConfig::default()
-    };
+    let config = LogConfig { max_bytes_per_file, sync: policy, ..LogConfig::default() };
     let model = Model {
         max_bytes_per_file,
         policy,
@@ -317,14 +281,7 @@ fn run(policy: SyncPolicy, max_bytes_per_file: u64, ops: &[Op]) {
         unsynced: 0,
     };
     let dir = Path::new("/data/topics/model").to_path_buf();
-    let mut harness = Harness {
-        sim,
-        storage,
-        dir,
-        config,
-        log: None,
-        model,
-    };
+    let mut harness = Harness { sim, storage, dir, config, log: None, model };
     harness.open();
     for op in ops {
         harness.apply(op);

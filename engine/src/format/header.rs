@@ -79,9 +79,7 @@ impl SegmentHeader {
         if flags != 0 {
             return Err(HeaderError::Flags(flags));
         }
-        Ok(Self {
-            first_offset: read_u64(bytes, FIRST_OFFSET_AT),
-        })
+        Ok(Self { first_offset: read_u64(bytes, FIRST_OFFSET_AT) })
     }
 }
 
@@ -91,9 +89,7 @@ mod tests {
 
     #[test]
     fn header_round_trips() {
-        let header = SegmentHeader {
-            first_offset: 0x0102_0304_0506_0708,
-        };
+        let header = SegmentHeader { first_offset: 0x0102_0304_0506_0708 };
         assert_eq!(SegmentHeader::decode(&header.encode()), Ok(header));
     }
 
@@ -116,10 +112,7 @@ mod tests {
             for bit in 0..8 {
                 let mut bad = good;
                 bad[byte] ^= 1 << bit;
-                assert!(
-                    SegmentHeader::decode(&bad).is_err(),
-                    "byte {byte} bit {bit}"
-                );
+                assert!(SegmentHeader::decode(&bad).is_err(), "byte {byte} bit {bit}");
             }
         }
     }
@@ -139,15 +132,9 @@ mod tests {
         };
         let mut v2 = SegmentHeader { first_offset: 7 }.encode();
         v2[8] = 2;
-        assert_eq!(
-            SegmentHeader::decode(&reseal(v2)),
-            Err(HeaderError::Version(2))
-        );
+        assert_eq!(SegmentHeader::decode(&reseal(v2)), Err(HeaderError::Version(2)));
         let mut flagged = SegmentHeader { first_offset: 7 }.encode();
         flagged[12] = 1;
-        assert_eq!(
-            SegmentHeader::decode(&reseal(flagged)),
-            Err(HeaderError::Flags(1))
-        );
+        assert_eq!(SegmentHeader::decode(&reseal(flagged)), Err(HeaderError::Flags(1)));
     }
 }

@@ -70,10 +70,7 @@ mod tests {
         assert_eq!(segment_file_name(1000), "00000000000000001000.seg");
         assert_eq!(segment_file_name(u64::MAX), "18446744073709551615.seg");
         for offset in [0, 1, 999, 1000, u64::MAX] {
-            assert_eq!(
-                parse_segment_file_name(&segment_file_name(offset)),
-                Some(offset)
-            );
+            assert_eq!(parse_segment_file_name(&segment_file_name(offset)), Some(offset));
         }
         assert!(segment_file_name(999) < segment_file_name(1000));
     }

@@ -81,9 +81,7 @@ pub(crate) fn peek_len_and_offset(bytes: &[u8]) -> Option<(u32, u64)> {
 /// rule 4), which knows the segment.
 pub fn decode_record(bytes: &[u8]) -> Decoded<'_> {
     let Some((body_len, offset)) = peek_len_and_offset(bytes) else {
-        return Decoded::Incomplete {
-            needed: FRAME_HEADER_LEN,
-        };
+        return Decoded::Incomplete { needed: FRAME_HEADER_LEN };
     };
     if body_len > FORMAT_MAX_BODY_BYTES {
         return Decoded::Invalid(Invalid::BodyTooLong(body_len));
@@ -109,12 +107,7 @@ mod tests {
     use super::*;
 
     fn sample() -> RecordRef<'static> {
-        RecordRef {
-            offset: 5,
-            timestamp_ns: -2,
-            deliver_at_ns: 1_700_000_000,
-            body: b"hello",
-        }
+        RecordRef { offset: 5, timestamp_ns: -2, deliver_at_ns: 1_700_000_000, body: b"hello" }
     }
 
     fn encoded(record: &RecordRef<'_>) -> Vec<u8> {
@@ -137,20 +130,13 @@ mod tests {
         assert_eq!(&bytes[4..8], &5u32.to_le_bytes(), "body_len");
         assert_eq!(&bytes[8..16], &5u64.to_le_bytes(), "offset");
         assert_eq!(&bytes[16..24], &(-2i64).to_le_bytes(), "timestamp_ns");
-        assert_eq!(
-            &bytes[24..32],
-            &1_700_000_000i64.to_le_bytes(),
-            "deliver_at_ns"
-        );
+        assert_eq!(&bytes[24..32], &1_700_000_000i64.to_le_bytes(), "deliver_at_ns");
         assert_eq!(&bytes[32..], b"hello");
     }
 
     #[test]
     fn empty_body_is_a_valid_record() {
-        let record = RecordRef {
-            body: b"",
-            ..sample()
-        };
+        let record = RecordRef { body: b"", ..sample() };
         assert_eq!(decode_record(&encoded(&record)), Decoded::Record(record));
     }
 

@@ -37,10 +37,6 @@ pub enum LogError {
 
 impl LogError {
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
-        Self::Io {
-            op,
-            path: path.into(),
-            source: Arc::new(source),
-        }
+        Self::Io { op, path: path.into(), source: Arc::new(source) }
     }
 }

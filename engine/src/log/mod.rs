@@ -76,20 +76,14 @@ impl SyncPolicy {
         if sync_every <= 1 {
             Self::Always
         } else {
-            Self::Every {
-                records: sync_every,
-                interval: sync_timeout,
-            }
+            Self::Every { records: sync_every, interval: sync_timeout }
         }
     }
 }
 
 impl Default for SyncPolicy {
     fn default() -> Self {
-        Self::Every {
-            records: DEFAULT_SYNC_EVERY_RECORDS,
-            interval: DEFAULT_SYNC_INTERVAL,
-        }
+        Self::Every { records: DEFAULT_SYNC_EVERY_RECORDS, interval: DEFAULT_SYNC_INTERVAL }
     }
 }
 
@@ -196,12 +190,7 @@ impl TopicLog {
         config: LogConfig,
     ) -> Result<(Self, RecoveryReport), LogError> {
         let (shared, report) = recovery::open(storage, dir.into(), config)?;
-        Ok((
-            Self {
-                shared: Arc::new(shared),
-            },
-            report,
-        ))
+        Ok((Self { shared: Arc::new(shared) }, report))
     }
 
     /// Appends `records` and returns their offsets. Returns once the records are written (and,
@@ -270,13 +259,8 @@ impl Shared {
     /// offset of the one after it.
     fn segment_for(&self, offset: u64) -> Option<(Arc<Segment>, Option<u64>)> {
         let segments = self.segments();
-        let at = segments
-            .partition_point(|s| s.first_offset <= offset)
-            .checked_sub(1)?;
-        Some((
-            Arc::clone(&segments[at]),
-            segments.get(at + 1).map(|s| s.first_offset),
-        ))
+        let at = segments.partition_point(|s| s.first_offset <= offset).checked_sub(1)?;
+        Some((Arc::clone(&segments[at]), segments.get(at + 1).map(|s| s.first_offset)))
     }
 
     /// The segment after `segment`, if there is one now.
@@ -284,10 +268,7 @@ impl Shared {
         let segments = self.segments();
         let at = segments.partition_point(|s| s.first_offset <= segment.first_offset);
         let next = segments.get(at)?;
-        Some((
-            Arc::clone(next),
-            segments.get(at + 1).map(|s| s.first_offset),
-        ))
+        Some((Arc::clone(next), segments.get(at + 1).map(|s| s.first_offset)))
     }
 
     /// Logs and counts damage a scan found, once per range.
@@ -296,8 +277,7 @@ impl Shared {
             let fresh = lock(&self.quarantine_seen).insert((segment.path.clone(), d.pos));
             if fresh {
                 self.quarantined_ranges.fetch_add(1, Ordering::Relaxed);
-                self.quarantined_bytes
-                    .fetch_add(d.len_bytes, Ordering::Relaxed);
+                self.quarantined_bytes.fetch_add(d.len_bytes, Ordering::Relaxed);
                 tracing::warn!(
                     segment = %segment.path.display(),
                     position = d.pos,
@@ -353,15 +333,9 @@ impl Shared {
             self.storage
                 .remove_file(&segment.path)
                 .map_err(|e| LogError::io("remove", &segment.path, e))?;
-            let mut list = self
-                .segments
-                .write()
-                .unwrap_or_else(PoisonError::into_inner);
-            let kept: Vec<_> = list
-                .iter()
-                .filter(|s| s.first_offset != segment.first_offset)
-                .cloned()
-                .collect();
+            let mut list = self.segments.write().unwrap_or_else(PoisonError::into_inner);
+            let kept: Vec<_> =
+                list.iter().filter(|s| s.first_offset != segment.first_offset).cloned().collect();
             *list = Arc::new(kept);
             removed.push(info);
         }
@@ -395,10 +369,7 @@ fn check_limits(config: &LogConfig, records: &[NewRecord<'_>]) -> Result<(), Log
     }
     let limit_bytes = config.max_body_bytes.min(FORMAT_MAX_BODY_BYTES);
     match records.iter().find(|r| r.body.len() > limit_bytes as usize) {
-        Some(record) => Err(LogError::BodyTooLarge {
-            len: record.body.len(),
-            limit_bytes,
-        }),
+        Some(record) => Err(LogError::BodyTooLarge { len: record.body.len(), limit_bytes }),
         None => Ok(()),
     }
 }

@@ -52,24 +52,13 @@ impl Cursor {
         self.scanner.set_end(self.segment.written_len());
         loop {
             let after_offset = self.scanner.last_offset();
-            let item = self
-                .scanner
-                .next()
-                .map_err(|e| LogError::io("read", &self.segment.path, e))?;
+            let item =
+                self.scanner.next().map_err(|e| LogError::io("read", &self.segment.path, e))?;
             match item {
                 None => return Ok(None),
                 Some(ScanItem::Record { record, .. }) => return Ok(Some(record)),
-                Some(ScanItem::Damaged {
-                    pos,
-                    len_bytes,
-                    resumed,
-                }) => {
-                    let damage = Damage {
-                        pos,
-                        len_bytes,
-                        resumed,
-                        after_offset,
-                    };
+                Some(ScanItem::Damaged { pos, len_bytes, resumed }) => {
+                    let damage = Damage { pos, len_bytes, resumed, after_offset };
                     shared.report_damage(&self.segment, &[damage]);
                 }
             }
@@ -79,11 +68,7 @@ impl Cursor {
 
 impl LogReader {
     pub(super) fn new(shared: Arc<Shared>, from: u64) -> Self {
-        Self {
-            shared,
-            cursor: None,
-            next_offset: from,
-        }
+        Self { shared, cursor: None, next_offset: from }
     }
 
     /// The offset the reader looks for next: one past the last record it returned.

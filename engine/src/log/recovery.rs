@@ -69,9 +69,7 @@ fn validate(config: &LogConfig) -> Result<(), LogError> {
         )));
     }
     if config.max_batch_records == 0 {
-        return Err(LogError::InvalidConfig(
-            "max_batch_records must be at least 1".into(),
-        ));
+        return Err(LogError::InvalidConfig("max_batch_records must be at least 1".into()));
     }
     Ok(())
 }
@@ -82,18 +80,10 @@ pub(super) fn open(
     config: LogConfig,
 ) -> Result<(Shared, RecoveryReport), LogError> {
     validate(&config)?;
-    storage
-        .create_dir_all(&dir)
-        .map_err(|e| LogError::io("create directory", &dir, e))?;
-    let mut report = RecoveryReport {
-        dir: dir.clone(),
-        ..Default::default()
-    };
+    storage.create_dir_all(&dir).map_err(|e| LogError::io("create directory", &dir, e))?;
+    let mut report = RecoveryReport { dir: dir.clone(), ..Default::default() };
     let mut firsts = Vec::new();
-    for name in storage
-        .list_dir(&dir)
-        .map_err(|e| LogError::io("list", &dir, e))?
-    {
+    for name in storage.list_dir(&dir).map_err(|e| LogError::io("list", &dir, e))? {
         match name.to_str().and_then(parse_segment_file_name) {
             Some(first_offset) => firsts.push(first_offset),
             None => report.ignored_files.push(dir.join(name)),
@@ -117,9 +107,7 @@ pub(super) fn open(
         segments.push(Arc::new(Segment::new(first_offset, path, None, len)));
     }
     let last = recover_last(&*storage, &dir, last_first, &mut report)?;
-    let next_offset = last
-        .last_indexed_offset()
-        .map_or(last_first, |offset| offset + 1);
+    let next_offset = last.last_indexed_offset().map_or(last_first, |offset| offset + 1);
     segments.push(last);
     Ok(finish(storage, dir, config, segments, next_offset, report))
 }
@@ -140,8 +128,7 @@ fn recover_last(
     let mut len = file.len().map_err(io("stat"))?;
     if len < FIRST_RECORD_POS {
         tracing::warn!(segment = %path.display(), len, "segment shorter than its header: rewritten");
-        file.write_all_at(&SegmentHeader { first_offset }.encode(), 0)
-            .map_err(io("write"))?;
+        file.write_all_at(&SegmentHeader { first_offset }.encode(), 0).map_err(io("write"))?;
         file.sync_data().map_err(io("fsync"))?;
         report.header_rewritten = Some(path.clone());
         len = FIRST_RECORD_POS;
@@ -158,12 +145,7 @@ fn recover_last(
             report.corrupt_header = Some((path.clone(), reason));
         }
     }
-    let segment = Arc::new(Segment::new(
-        first_offset,
-        path.clone(),
-        Some(Arc::clone(&file)),
-        len,
-    ));
+    let segment = Arc::new(Segment::new(first_offset, path.clone(), Some(Arc::clone(&file)), len));
     let (_, damage) = segment.seek(&file, u64::MAX, None)?;
     for d in &damage {
         if d.resumed {
@@ -180,11 +162,8 @@ fn recover_last(
             file.set_len(d.pos).map_err(io("truncate"))?;
             file.sync_data().map_err(io("fsync"))?;
             segment.truncate_tail(d.pos);
-            report.truncated = Some(Truncation {
-                segment: path.clone(),
-                position: d.pos,
-                len_bytes: d.len_bytes,
-            });
+            report.truncated =
+                Some(Truncation { segment: path.clone(), position: d.pos, len_bytes: d.len_bytes });
         }
     }
     Ok(segment)
@@ -201,15 +180,10 @@ fn finish(
     report.segments = segments.len();
     report.oldest_offset = segments.first().map_or(next_offset, |s| s.first_offset);
     report.next_offset = next_offset;
-    let last_len = segments
-        .last()
-        .map_or(FIRST_RECORD_POS, |s| s.written_len());
+    let last_len = segments.last().map_or(FIRST_RECORD_POS, |s| s.written_len());
     let quarantined_bytes = report.quarantined.iter().map(|q| q.len_bytes).sum();
-    let seen: BTreeSet<_> = report
-        .quarantined
-        .iter()
-        .map(|q| (q.segment.clone(), q.position))
-        .collect();
+    let seen: BTreeSet<_> =
+        report.quarantined.iter().map(|q| (q.segment.clone(), q.position)).collect();
     tracing::info!(
         dir = %dir.display(), segments = segments.len(), next_offset,
         clean = report.is_clean(), "topic log opened"

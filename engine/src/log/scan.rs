@@ -128,16 +128,11 @@ impl Scanner {
             candidate += 1;
         }
         self.pos = self.end;
-        Ok(Some(ScanItem::Damaged {
-            pos,
-            len_bytes: self.end - pos,
-            resumed: false,
-        }))
+        Ok(Some(ScanItem::Damaged { pos, len_bytes: self.end - pos, resumed: false }))
     }
 
     fn expected_offset(&self) -> u64 {
-        self.last_offset
-            .map_or(self.min_offset, |last| last.saturating_add(1))
+        self.last_offset.map_or(self.min_offset, |last| last.saturating_add(1))
     }
 
     /// Checks the record at `pos` against every rule of FORMAT.md §3.
@@ -162,12 +157,8 @@ impl Scanner {
         let Decoded::Record(record) = format::decode_record(bytes) else {
             return Ok(Probe::Invalid);
         };
-        let (offset, timestamp_ns, deliver_at_ns, body_len) = (
-            record.offset,
-            record.timestamp_ns,
-            record.deliver_at_ns,
-            record.body.len(),
-        );
+        let (offset, timestamp_ns, deliver_at_ns, body_len) =
+            (record.offset, record.timestamp_ns, record.deliver_at_ns, record.body.len());
         let body_at =
             usize::try_from(pos - self.chunk_pos).unwrap_or(usize::MAX) + FRAME_HEADER_LEN;
         let body_end = body_at + body_len;

@@ -72,10 +72,7 @@ impl Segment {
             path,
             file: Mutex::new(file),
             written_len: AtomicU64::new(written_len),
-            index: Mutex::new(SparseIndex {
-                scanned_to: FIRST_RECORD_POS,
-                ..Default::default()
-            }),
+            index: Mutex::new(SparseIndex { scanned_to: FIRST_RECORD_POS, ..Default::default() }),
         }
     }
 
@@ -93,9 +90,8 @@ impl Segment {
         if let Some(file) = slot.as_ref() {
             return Ok(Arc::clone(file));
         }
-        let file = storage
-            .open(&self.path, false)
-            .map_err(|e| LogError::io("open", &self.path, e))?;
+        let file =
+            storage.open(&self.path, false).map_err(|e| LogError::io("open", &self.path, e))?;
         *slot = Some(Arc::clone(&file));
         Ok(file)
     }
@@ -130,23 +126,15 @@ impl Segment {
                 Scanner::new(Arc::clone(file), index.scanned_to, end, self.first_offset);
             scanner.set_last_offset(index.last_offset);
             scanner.set_offset_limit(offset_limit);
-            while let Some(item) = scanner
-                .next()
-                .map_err(|e| LogError::io("read", &self.path, e))?
+            while let Some(item) =
+                scanner.next().map_err(|e| LogError::io("read", &self.path, e))?
             {
                 match item {
                     ScanItem::Record { pos, record } => {
-                        index.add(IndexEntry {
-                            offset: record.offset,
-                            pos,
-                        });
+                        index.add(IndexEntry { offset: record.offset, pos });
                         index.last_offset = Some(record.offset);
                     }
-                    ScanItem::Damaged {
-                        pos,
-                        len_bytes,
-                        resumed,
-                    } => damage.push(Damage {
+                    ScanItem::Damaged { pos, len_bytes, resumed } => damage.push(Damage {
                         pos,
                         len_bytes,
                         resumed,
@@ -156,9 +144,7 @@ impl Segment {
             }
             index.scanned_to = end;
         }
-        let at = index
-            .entries
-            .partition_point(|entry| entry.offset <= offset);
+        let at = index.entries.partition_point(|entry| entry.offset <= offset);
         let start = at.checked_sub(1).map(|i| index.entries[i]);
         Ok((start, damage))
     }
@@ -190,12 +176,7 @@ impl SparseIndex {
             None => true,
             Some(last) => entry.pos >= last.pos + INDEX_INTERVAL_BYTES,
         };
-        if due
-            && self
-                .entries
-                .last()
-                .is_none_or(|last| last.offset < entry.offset)
-        {
+        if due && self.entries.last().is_none_or(|last| last.offset < entry.offset) {
             self.entries.push(entry);
         }
     }

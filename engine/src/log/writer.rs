@@ -66,9 +66,7 @@ impl WriterState {
             return Err(poisoned.clone());
         }
         if self.closed {
-            return Err(LogError::Closed {
-                dir: dir.to_path_buf(),
-            });
+            return Err(LogError::Closed { dir: dir.to_path_buf() });
         }
         Ok(())
     }
@@ -82,12 +80,7 @@ impl WriterState {
             if roll || self.queued.is_empty() {
                 let bytes = self.spare_buffers.pop().unwrap_or_default();
                 let roll_to = roll.then_some(self.assigned_next);
-                self.queued.push(Chunk {
-                    roll_to,
-                    bytes,
-                    records: 0,
-                    end_offset: 0,
-                });
+                self.queued.push(Chunk { roll_to, bytes, records: 0, end_offset: 0 });
                 if roll {
                     self.queued_segment_len = FIRST_RECORD_POS;
                 }
@@ -156,9 +149,7 @@ impl Shared {
                 return result.clone().map(|()| range);
             }
             state = if state.leader {
-                self.wakeup
-                    .wait(state)
-                    .unwrap_or_else(PoisonError::into_inner)
+                self.wakeup.wait(state).unwrap_or_else(PoisonError::into_inner)
             } else {
                 self.lead(state, false).0
             };
@@ -174,10 +165,7 @@ impl Shared {
             if !state.leader {
                 break;
             }
-            state = self
-                .wakeup
-                .wait(state)
-                .unwrap_or_else(PoisonError::into_inner);
+            state = self.wakeup.wait(state).unwrap_or_else(PoisonError::into_inner);
         }
         let idle = state.queued.is_empty() && state.unsynced_records == 0;
         let due = match self.config.sync {
@@ -194,10 +182,7 @@ impl Shared {
         self.sync(false)?;
         let mut state = self.state();
         while state.leader {
-            state = self
-                .wakeup
-                .wait(state)
-                .unwrap_or_else(PoisonError::into_inner);
+            state = self.wakeup.wait(state).unwrap_or_else(PoisonError::into_inner);
         }
         state.closed = true;
         Ok(())
@@ -216,10 +201,7 @@ impl Shared {
         let sync = force_sync
             || match self.config.sync {
                 SyncPolicy::Always => true,
-                SyncPolicy::Every {
-                    records: every,
-                    interval,
-                } => {
+                SyncPolicy::Every { records: every, interval } => {
                     state.unsynced_records + records >= every
                         || state.last_sync.elapsed() >= interval
                 }
@@ -271,14 +253,10 @@ impl Shared {
 
     /// Writes the chunks of a round; on failure undoes what it wrote.
     fn write_round(&self, chunks: &[Chunk], sync: bool) -> Result<Written, LogError> {
-        let first = self
-            .segments()
-            .last()
-            .cloned()
-            .ok_or_else(|| LogError::Poisoned {
-                dir: self.dir.clone(),
-                cause: "the log has no segment".into(),
-            })?;
+        let first = self.segments().last().cloned().ok_or_else(|| LogError::Poisoned {
+            dir: self.dir.clone(),
+            cause: "the log has no segment".into(),
+        })?;
         let start_len = first.written_len();
         let mut touched = vec![(Arc::clone(&first), start_len)];
         let mut end_offset = self.next_offset.load(Ordering::Acquire);
@@ -296,8 +274,7 @@ impl Shared {
                 }
                 let last = touched.len() - 1;
                 let (segment, len) = &mut touched[last];
-                file.write_all_at(&chunk.bytes, *len)
-                    .map_err(|e| write_error(&segment.path, e))?;
+                file.write_all_at(&chunk.bytes, *len).map_err(|e| write_error(&segment.path, e))?;
                 *len += chunk.bytes.len() as u64;
                 end_offset = chunk.end_offset;
             }
@@ -309,11 +286,7 @@ impl Shared {
             Ok(())
         })();
         match outcome {
-            Ok(()) => Ok(Written {
-                touched,
-                end_offset,
-                synced_below,
-            }),
+            Ok(()) => Ok(Written { touched, end_offset, synced_below }),
             Err(error) => Err(self.undo_round(&first, start_len, &touched[1..], error)),
         }
     }
@@ -334,10 +307,7 @@ impl Shared {
             for (segment, _) in created.iter().rev() {
                 self.storage.remove_file(&segment.path)?;
             }
-            first
-                .file(&*self.storage)
-                .map_err(std::io::Error::other)?
-                .set_len(start_len)
+            first.file(&*self.storage).map_err(std::io::Error::other)?.set_len(start_len)
         };
         match undo() {
             Ok(()) => error,
@@ -354,16 +324,12 @@ impl Shared {
             segment.publish_len(*len);
         }
         if written.touched.len() > 1 {
-            let mut list = self
-                .segments
-                .write()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut list = self.segments.write().unwrap_or_else(PoisonError::into_inner);
             let mut segments = Vec::clone(&list);
             segments.extend(written.touched[1..].iter().map(|(s, _)| Arc::clone(s)));
             *list = Arc::new(segments);
         }
-        self.next_offset
-            .store(written.end_offset, Ordering::Release);
+        self.next_offset.store(written.end_offset, Ordering::Release);
     }
 }
 
@@ -376,9 +342,7 @@ fn sync_or_poison(file: &dyn StorageFile, path: &Path, dir: &Path) -> Result<(),
 
 fn write_error(path: &Path, error: std::io::Error) -> LogError {
     if is_disk_full(&error) {
-        LogError::DiskFull {
-            path: path.to_path_buf(),
-        }
+        LogError::DiskFull { path: path.to_path_buf() }
     } else {
         LogError::io("write", path, error)
     }
@@ -391,32 +355,20 @@ pub(super) fn create_segment(
     first_offset: u64,
 ) -> Result<(Arc<Segment>, Arc<dyn StorageFile>), LogError> {
     let path: PathBuf = dir.join(segment_file_name(first_offset));
-    let file = storage
-        .create_new(&path)
-        .map_err(|e| write_error(&path, e))?;
+    let file = storage.create_new(&path).map_err(|e| write_error(&path, e))?;
     let header = SegmentHeader { first_offset }.encode();
-    let written = file
-        .write_all_at(&header, 0)
-        .map_err(|e| write_error(&path, e));
+    let written = file.write_all_at(&header, 0).map_err(|e| write_error(&path, e));
     if let Err(error) = written {
         return Err(match storage.remove_file(&path) {
             Ok(()) => error,
             Err(remove_error) => LogError::Poisoned {
                 dir: dir.to_path_buf(),
-                cause: format!(
-                    "could not remove {} after {error}: {remove_error}",
-                    path.display()
-                )
-                .into(),
+                cause: format!("could not remove {} after {error}: {remove_error}", path.display())
+                    .into(),
             },
         });
     }
     sync_or_poison(&*file, &path, dir)?;
-    let segment = Segment::new(
-        first_offset,
-        path,
-        Some(Arc::clone(&file)),
-        FIRST_RECORD_POS,
-    );
+    let segment = Segment::new(first_offset, path, Some(Arc::clone(&file)), FIRST_RECORD_POS);
     Ok((Arc::new(segment), file))
 }

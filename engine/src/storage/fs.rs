@@ -46,9 +46,7 @@ impl Storage for FsStorage {
     }
 
     fn list_dir(&self, path: &Path) -> io::Result<Vec<OsString>> {
-        fs::read_dir(path)?
-            .map(|entry| entry.map(|e| e.file_name()))
-            .collect()
+        fs::read_dir(path)?.map(|entry| entry.map(|e| e.file_name())).collect()
     }
 
     fn open(&self, path: &Path, writable: bool) -> io::Result<Arc<dyn StorageFile>> {
@@ -57,11 +55,7 @@ impl Storage for FsStorage {
     }
 
     fn create_new(&self, path: &Path) -> io::Result<Arc<dyn StorageFile>> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(path)?;
+        let file = OpenOptions::new().read(true).write(true).create_new(true).open(path)?;
         self.sync_dir(parent_of(path))?;
         Ok(Arc::new(FsFile(file)))
     }
@@ -85,12 +79,8 @@ impl Storage for FsStorage {
     }
 
     fn lock_exclusive(&self, path: &Path) -> io::Result<Box<dyn LockGuard>> {
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)?;
+        let mut file =
+            OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
         rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
             |errno| {
                 if errno == rustix::io::Errno::WOULDBLOCK {

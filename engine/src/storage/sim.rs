@@ -120,10 +120,7 @@ impl Inner {
 
     fn lookup(&self, path: &Path) -> io::Result<u64> {
         self.names.get(path).copied().ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("{} not found", path.display()),
-            )
+            io::Error::new(io::ErrorKind::NotFound, format!("{} not found", path.display()))
         })
     }
 
@@ -156,9 +153,7 @@ impl SimStorage {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A test that panicked while holding the lock has failed already; its data is still the
         // best evidence there is.
-        self.inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Simulates a crash: every file keeps its durable bytes plus what `choose` keeps of its
@@ -227,10 +222,7 @@ impl SimStorage {
     pub fn flip_bit(&self, path: &Path, byte: u64, bit: u8) -> io::Result<()> {
         let mut inner = self.lock();
         let id = inner.lookup(path)?;
-        let file = inner
-            .files
-            .get_mut(&id)
-            .ok_or_else(|| io::Error::other("lost file"))?;
+        let file = inner.files.get_mut(&id).ok_or_else(|| io::Error::other("lost file"))?;
         let at = to_usize(byte);
         for data in [&mut file.current, &mut file.durable] {
             if let Some(b) = data.get_mut(at) {
@@ -272,10 +264,7 @@ impl LockGuard for SimLock {}
 
 impl Drop for SimLock {
     fn drop(&mut self) {
-        let mut inner = self
-            .inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if inner.generation == self.generation {
             inner.locks.remove(&self.path);
         }
@@ -284,10 +273,7 @@ impl Drop for SimLock {
 
 impl SimFile {
     fn with<T>(&self, f: impl FnOnce(&mut Inner, u64) -> io::Result<T>) -> io::Result<T> {
-        let mut inner = self
-            .inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if inner.generation != self.generation {
             return Err(io::Error::other("handle from before a simulated crash"));
         }
@@ -298,19 +284,13 @@ impl SimFile {
         if self.writable {
             Ok(())
         } else {
-            Err(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                "file opened read-only",
-            ))
+            Err(io::Error::new(io::ErrorKind::PermissionDenied, "file opened read-only"))
         }
     }
 }
 
 fn file_mut(inner: &mut Inner, id: u64) -> io::Result<&mut FileData> {
-    inner
-        .files
-        .get_mut(&id)
-        .ok_or_else(|| io::Error::other("file vanished"))
+    inner.files.get_mut(&id).ok_or_else(|| io::Error::other("file vanished"))
 }
 
 impl StorageFile for SimFile {
@@ -342,10 +322,7 @@ impl StorageFile for SimFile {
             let file = file_mut(inner, id)?;
             if !bytes.is_empty() {
                 write_into(&mut file.current, pos, bytes);
-                file.unsynced.push(UnsyncedOp::Write {
-                    pos,
-                    bytes: bytes.to_vec(),
-                });
+                file.unsynced.push(UnsyncedOp::Write { pos, bytes: bytes.to_vec() });
             }
             if full { Err(disk_full()) } else { Ok(()) }
         })
@@ -395,10 +372,7 @@ impl Storage for SimStorage {
         }
         let files = inner.names.keys().filter(|p| p.parent() == Some(path));
         let dirs = inner.dirs.iter().filter(|p| p.parent() == Some(path));
-        Ok(files
-            .chain(dirs)
-            .filter_map(|p| p.file_name().map(OsString::from))
-            .collect())
+        Ok(files.chain(dirs).filter_map(|p| p.file_name().map(OsString::from)).collect())
     }
 
     fn open(&self, path: &Path, writable: bool) -> io::Result<Arc<dyn StorageFile>> {
@@ -454,10 +428,7 @@ impl Storage for SimStorage {
     fn lock_exclusive(&self, path: &Path) -> io::Result<Box<dyn LockGuard>> {
         let mut inner = self.lock();
         if inner.locks.contains(path) {
-            return Err(io::Error::new(
-                io::ErrorKind::WouldBlock,
-                "held by another owner",
-            ));
+            return Err(io::Error::new(io::ErrorKind::WouldBlock, "held by another owner"));
         }
         if !inner.names.contains_key(path) {
             inner.create_file(path)?;
@@ -494,10 +465,7 @@ mod tests {
         assert_eq!(storage.contents(&path).unwrap(), b"durable-lost");
         storage.crash();
         assert_eq!(storage.contents(&path).unwrap(), b"durable");
-        assert!(
-            file.len().is_err(),
-            "a handle from before the crash is dead"
-        );
+        assert!(file.len().is_err(), "a handle from before the crash is dead");
     }
 
     #[test]
@@ -510,10 +478,7 @@ mod tests {
         file.write_all_at(b"cccc", 8).unwrap();
         storage.crash_with(|_, ops| {
             assert_eq!(ops.len(), 3);
-            CrashKeep {
-                ops: 1,
-                torn_bytes: 2,
-            }
+            CrashKeep { ops: 1, torn_bytes: 2 }
         });
         assert_eq!(storage.contents(&path).unwrap(), b"aaaabb");
     }
@@ -524,10 +489,7 @@ mod tests {
         let path = dir.join("f");
         storage.fail_nth_op(2, io::ErrorKind::Other); // the directory sync of create_new
         assert!(storage.create_new(&path).is_err());
-        assert!(
-            storage.contents(&path).is_some(),
-            "the entry exists until the crash"
-        );
+        assert!(storage.contents(&path).is_some(), "the entry exists until the crash");
         storage.crash();
         assert!(storage.contents(&path).is_none());
     }

@@ -17,23 +17,19 @@ pub fn body(i: u64) -> Vec<u8> {
 }
 
 pub fn new_record(body: &[u8]) -> NewRecord<'_> {
-    NewRecord {
-        timestamp_ns: 1_700_000_000_000_000_000,
-        deliver_at_ns: 0,
-        body,
-    }
+    NewRecord { timestamp_ns: 1_700_000_000_000_000_000, deliver_at_ns: 0, body }
+}
+
+/// Records with the given bodies, as an append takes them.
+pub fn new_records(bodies: &[Vec<u8>]) -> Vec<NewRecord<'_>> {
+    bodies.iter().map(|b| new_record(b)).collect()
 }
 
 /// Appends records `first..first + count` one batch at a time.
 pub fn append_range(log: &TopicLog, first: u64, count: u64) {
     let bodies: Vec<Vec<u8>> = (first..first + count).map(body).collect();
-    let records: Vec<NewRecord<'_>> = bodies.iter().map(|b| new_record(b)).collect();
-    let range = log.append(&records).expect("append");
-    assert_eq!(
-        range,
-        first..first + count,
-        "offsets are dense and continue the log"
-    );
+    let range = log.append(&new_records(&bodies)).expect("append");
+    assert_eq!(range, first..first + count, "offsets are dense and continue the log");
 }
 
 /// Every record from `from` on.
@@ -52,12 +48,7 @@ pub fn assert_records(records: &[Record], offsets: impl IntoIterator<Item = u64>
     let got: Vec<u64> = records.iter().map(|r| r.offset).collect();
     assert_eq!(got, offsets);
     for record in records {
-        assert_eq!(
-            record.body,
-            body(record.offset),
-            "body of offset {}",
-            record.offset
-        );
+        assert_eq!(record.body, body(record.offset), "body of offset {}", record.offset);
     }
 }
 
