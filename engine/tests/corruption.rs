@@ -212,3 +212,46 @@ fn a_zeroed_4k_block_mid_segment_loses_only_the_records_it_overlaps() {
         assert_eq!(log.stats().quarantined_ranges, 1, "{which}");
     }
 }
+
+#[test]
+fn a_damaged_last_record_is_quarantined_and_its_offset_never_reused() {
+    // The last record was whole and fsynced; a media error flips a bit of its body. A consumer
+    // may have read it already, so its offset must not name a new message after the restart.
+    let (_tmp, dir) = written_log();
+    let last = segment_paths(&dir).pop().unwrap();
+    let (last_offset, last_pos, last_len) = *layout(&last, RECORDS).last().unwrap();
+    flip(&last, last_pos + 40);
+    let (log, report) = open(&dir);
+    assert!(report.truncated.is_none(), "{report:?}");
+    assert_eq!(report.quarantined.len(), 1);
+    assert_eq!(
+        (report.quarantined[0].position, report.quarantined[0].len_bytes),
+        (last_pos, last_len)
+    );
+    assert_eq!(report.next_offset, RECORDS, "the damaged record's offset is skipped");
+    assert_eq!(log.read_at(last_offset).unwrap(), None);
+    append_range(&log, RECORDS, 2);
+    drop(log);
+    let (log, report) = open(&dir);
+    assert_eq!(report.quarantined.len(), 1, "still quarantined, now before valid records");
+    assert_records(
+        &read_all(&log, 0),
+        all_but(&[last_offset]).into_iter().chain(RECORDS..RECORDS + 2),
+    );
+}
+
+#[test]
+fn a_segment_cut_short_behind_the_logs_back_is_reported_and_reading_moves_on() {
+    let (_tmp, dir) = written_log();
+    let (log, _) = open(&dir);
+    let first = segment_paths(&dir).remove(0);
+    let records = layout(&first, end_offset_of(&dir, &first));
+    let full_len = std::fs::metadata(&first).unwrap().len();
+    let (cut_offset, cut_pos, _) = records[records.len() / 2];
+    OpenOptions::new().write(true).open(&first).unwrap().set_len(cut_pos).unwrap();
+    let kept: Vec<u64> =
+        (0..RECORDS).filter(|o| *o < cut_offset || *o >= records.len() as u64).collect();
+    assert_records(&read_all(&log, 0), kept);
+    let stats = log.stats();
+    assert_eq!((stats.quarantined_ranges, stats.quarantined_bytes), (1, full_len - cut_pos));
+}

@@ -262,6 +262,57 @@ fn disk_full_while_rolling_fails_the_append_and_appends_resume() {
 }
 
 #[test]
+fn a_failed_round_that_rolled_is_undone_durably() {
+    // The batch fills the segment, so the round writes part of it, fsyncs that segment to roll,
+    // and then fails to create the next one. The part already fsynced must not come back after a
+    // crash: its append failed.
+    let (sim, storage) = sim();
+    let (log, _) = open(&storage, &topic_dir(), small_segments(LAZY));
+    append_range(&log, 0, 3);
+    let bodies: Vec<Vec<u8>> = (3..20).map(body).collect();
+    // Operations of the round: write the first chunk (1), fsync it for the roll (2), create the
+    // next segment (3): fail that.
+    sim.fail_nth_op(3, io::ErrorKind::StorageFull);
+    let error = log.append(&common::new_records(&bodies)).unwrap_err();
+    assert!(matches!(error, LogError::DiskFull { .. }), "{error}");
+    sim.crash();
+    let (log, report) = open(&storage, &topic_dir(), small_segments(LAZY));
+    assert_eq!(report.next_offset, 3, "{report:?}");
+    assert_records(&read_all(&log, 0), 0..3);
+}
+
+#[test]
+fn close_waits_for_appends_queued_before_it_and_makes_them_durable() {
+    let sim = SimStorage::new();
+    let gate = Arc::new(Gate::default());
+    let storage: Arc<dyn Storage> =
+        Arc::new(GatedStorage { inner: sim.clone(), gate: Arc::clone(&gate) });
+    let (log, _) = open(&storage, &topic_dir(), with_sync(SyncPolicy::Always));
+    let log = Arc::new(log);
+    gate.set_armed(true);
+    let append = |body: &'static [u8]| {
+        let log = Arc::clone(&log);
+        std::thread::spawn(move || log.append(&[new_record(body)]))
+    };
+    let first = append(b"first");
+    gate.wait_until_a_sync_waits();
+    let queued = append(b"queued");
+    while log.stats().queued_records < 1 {
+        std::thread::yield_now();
+    }
+    let closer = {
+        let log = Arc::clone(&log);
+        std::thread::spawn(move || log.close())
+    };
+    gate.set_armed(false);
+    closer.join().unwrap().unwrap();
+    assert_eq!(log.stats().synced_offset, 2, "close returned with everything durable");
+    assert_eq!(first.join().unwrap().unwrap(), 0..1);
+    assert_eq!(queued.join().unwrap().unwrap(), 1..2, "an append queued before close completes");
+    assert!(matches!(log.append(&[new_record(b"late")]), Err(LogError::Closed { .. })));
+}
+
+#[test]
 fn a_write_error_fails_only_that_append() {
     let (sim, storage) = sim();
     let (log, _) = open(&storage, &topic_dir(), with_sync(LAZY));

@@ -263,6 +263,10 @@ impl Shared {
         Some((Arc::clone(&segments[at]), segments.get(at + 1).map(|s| s.first_offset)))
     }
 
+    fn is_listed(&self, segment: &Arc<Segment>) -> bool {
+        self.segments().iter().any(|listed| Arc::ptr_eq(listed, segment))
+    }
+
     /// The segment after `segment`, if there is one now.
     fn segment_after(&self, segment: &Segment) -> Option<(Arc<Segment>, Option<u64>)> {
         let segments = self.segments();
@@ -296,7 +300,9 @@ impl Shared {
         let Some((segment, limit)) = self.segment_for(offset) else {
             return Ok(None);
         };
-        let mut cursor = reader::Cursor::open(self, segment, limit, offset)?;
+        let Some(mut cursor) = reader::Cursor::open(self, segment, limit, offset)? else {
+            return Ok(None);
+        };
         while let Some(record) = cursor.next(self)? {
             if record.offset >= offset {
                 return Ok((record.offset == offset).then_some(record));
@@ -330,13 +336,20 @@ impl Shared {
                     .archive(&info, &*file)
                     .map_err(|e| LogError::io("archive", &info.path, e))?;
             }
+            // Unlist first: a reader that finds the segment listed must be able to open it.
+            // Readers that opened it already keep reading their handle.
+            {
+                let mut list = self.segments.write().unwrap_or_else(PoisonError::into_inner);
+                let kept: Vec<_> = list
+                    .iter()
+                    .filter(|s| s.first_offset != segment.first_offset)
+                    .cloned()
+                    .collect();
+                *list = Arc::new(kept);
+            }
             self.storage
                 .remove_file(&segment.path)
                 .map_err(|e| LogError::io("remove", &segment.path, e))?;
-            let mut list = self.segments.write().unwrap_or_else(PoisonError::into_inner);
-            let kept: Vec<_> =
-                list.iter().filter(|s| s.first_offset != segment.first_offset).cloned().collect();
-            *list = Arc::new(kept);
             removed.push(info);
         }
         Ok(removed)

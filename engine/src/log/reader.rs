@@ -25,14 +25,20 @@ pub(super) struct Cursor {
 }
 
 impl Cursor {
-    /// A scan of `segment` that starts at the last indexed record at or before `target`.
+    /// A scan of `segment` that starts at the last indexed record at or before `target`; `None`
+    /// if the segment was removed meanwhile.
     pub(super) fn open(
         shared: &Shared,
         segment: Arc<Segment>,
         offset_limit: Option<u64>,
         target: u64,
-    ) -> Result<Self, LogError> {
-        let file = segment.file(&*shared.storage)?;
+    ) -> Result<Option<Self>, LogError> {
+        let file = match segment.file(&*shared.storage) {
+            Ok(file) => file,
+            // Removed since it was found: its records are gone, which is not an error.
+            Err(_) if !shared.is_listed(&segment) => return Ok(None),
+            Err(error) => return Err(error),
+        };
         let start = if target > segment.first_offset {
             let (entry, damage) = segment.seek(&file, target, offset_limit)?;
             shared.report_damage(&segment, &damage);
@@ -44,7 +50,7 @@ impl Cursor {
         let mut scanner = Scanner::new(file, pos, segment.written_len(), segment.first_offset);
         scanner.set_last_offset(start.and_then(|entry| entry.offset.checked_sub(1)));
         scanner.set_offset_limit(offset_limit);
-        Ok(Self { segment, scanner })
+        Ok(Some(Self { segment, scanner }))
     }
 
     /// The next valid record written to the segment so far.
@@ -55,7 +61,21 @@ impl Cursor {
             let item =
                 self.scanner.next().map_err(|e| LogError::io("read", &self.segment.path, e))?;
             match item {
-                None => return Ok(None),
+                None => {
+                    let written_len = self.segment.written_len();
+                    if let Some(file_end) = self.scanner.file_end().filter(|&end| end < written_len)
+                    {
+                        // The file lost its end behind the log's back: report the missing bytes.
+                        let missing = Damage {
+                            pos: file_end,
+                            len_bytes: written_len - file_end,
+                            resumed: false,
+                            after_offset,
+                        };
+                        shared.report_damage(&self.segment, &[missing]);
+                    }
+                    return Ok(None);
+                }
                 Some(ScanItem::Record { record, .. }) => return Ok(Some(record)),
                 Some(ScanItem::Damaged { pos, len_bytes, resumed }) => {
                     let damage = Damage { pos, len_bytes, resumed, after_offset };
@@ -91,19 +111,17 @@ impl LogReader {
                     let Some((segment, limit)) = found else {
                         return Ok(None);
                     };
-                    self.cursor.insert(Cursor::open(
-                        &self.shared,
-                        segment,
-                        limit,
-                        self.next_offset,
-                    )?)
+                    match Cursor::open(&self.shared, segment, limit, self.next_offset)? {
+                        Some(cursor) => self.cursor.insert(cursor),
+                        None => continue,
+                    }
                 }
             };
             if let Some(record) = cursor.next(&self.shared)? {
                 if record.offset < self.next_offset {
                     continue;
                 }
-                self.next_offset = record.offset + 1;
+                self.next_offset = record.offset.saturating_add(1);
                 return Ok(Some(record));
             }
             let Some((next, limit)) = self.shared.segment_after(&cursor.segment) else {
@@ -111,10 +129,10 @@ impl LogReader {
             };
             // The writer publishes a segment's final length before the segment after it: look
             // again before leaving, or the records of that last round would be skipped.
-            if cursor.segment.written_len() > cursor.scanner.pos() {
+            if cursor.scanner.has_more_before(cursor.segment.written_len()) {
                 continue;
             }
-            self.cursor = Some(Cursor::open(&self.shared, next, limit, self.next_offset)?);
+            self.cursor = Cursor::open(&self.shared, next, limit, self.next_offset)?;
         }
     }
 }

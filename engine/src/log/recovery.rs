@@ -7,7 +7,9 @@
 //! 4. The last segment, shorter than a header: a crash while rolling; it gets a fresh header.
 //! 5. A bad header in the last segment is reported; its name is trusted and records are read.
 //! 6. The last segment is scanned. Damage followed by a valid record is quarantined (reported,
-//!    skipped, left in place); damage that runs to the end is a torn tail, truncated away.
+//!    skipped, left in place). Damage that runs to the end is a torn tail, truncated away, unless
+//!    it starts with a whole frame whose header names the offset due next: that is a damaged
+//!    record, perhaps fsynced and consumed, so it is quarantined and its offset not reused.
 //! 7. Appends continue after the last valid record, with the offset after it.
 
 use std::collections::BTreeSet;
@@ -15,11 +17,14 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 
-use super::segment::{FIRST_RECORD_POS, Quarantined, Segment};
+use super::segment::{Damage, FIRST_RECORD_POS, Quarantined, Segment, header_problem};
 use super::writer::{WriterState, create_segment};
 use super::{LogConfig, LogError, Shared};
-use crate::format::{SegmentHeader, parse_segment_file_name};
-use crate::storage::{Storage, read_full_at};
+use crate::format::{
+    FORMAT_MAX_BODY_BYTES, FRAME_HEADER_LEN, SegmentHeader, parse_segment_file_name,
+    peek_len_and_offset,
+};
+use crate::storage::{Storage, StorageFile, read_full_at};
 
 /// What opening a log found and did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -106,8 +111,7 @@ pub(super) fn open(
             .map_err(|e| LogError::io("open", &path, e))?;
         segments.push(Arc::new(Segment::new(first_offset, path, None, len)));
     }
-    let last = recover_last(&*storage, &dir, last_first, &mut report)?;
-    let next_offset = last.last_indexed_offset().map_or(last_first, |offset| offset + 1);
+    let (last, next_offset) = recover_last(&*storage, &dir, last_first, &mut report)?;
     segments.push(last);
     Ok(finish(storage, dir, config, segments, next_offset, report))
 }
@@ -118,7 +122,7 @@ fn recover_last(
     dir: &std::path::Path,
     first_offset: u64,
     report: &mut RecoveryReport,
-) -> Result<Arc<Segment>, LogError> {
+) -> Result<(Arc<Segment>, u64), LogError> {
     let path = dir.join(crate::format::segment_file_name(first_offset));
     let io = |op| {
         let path = path.clone();
@@ -133,13 +137,7 @@ fn recover_last(
         report.header_rewritten = Some(path.clone());
         len = FIRST_RECORD_POS;
     } else {
-        let mut header = [0u8; SegmentHeader::LEN];
-        read_full_at(&*file, &mut header, 0).map_err(io("read"))?;
-        let problem = match SegmentHeader::decode(&header) {
-            Ok(h) if h.first_offset == first_offset => None,
-            Ok(h) => Some(format!("header names first offset {}", h.first_offset)),
-            Err(error) => Some(error.to_string()),
-        };
+        let problem = header_problem(&*file, first_offset);
         if let Some(reason) = problem {
             tracing::warn!(segment = %path.display(), %reason, "damaged segment header: name trusted");
             report.corrupt_header = Some((path.clone(), reason));
@@ -147,26 +145,64 @@ fn recover_last(
     }
     let segment = Arc::new(Segment::new(first_offset, path.clone(), Some(Arc::clone(&file)), len));
     let (_, damage) = segment.seek(&file, u64::MAX, None)?;
+    let mut next_offset =
+        segment.last_indexed_offset().map_or(first_offset, |o| o.saturating_add(1));
     for d in &damage {
+        let mut cut_at = d.pos;
+        let whole_frame = if d.resumed {
+            None
+        } else {
+            whole_frame_at(&*file, d.pos, d.pos + d.len_bytes, next_offset).map_err(io("read"))?
+        };
+        if let Some((frame_end, offset)) = whole_frame {
+            // A whole frame with the offset due next, failing its checksum: a damaged record,
+            // perhaps fsynced and consumed. Keep it quarantined and never reuse its offset.
+            next_offset = offset.saturating_add(1);
+            cut_at = frame_end;
+            let whole = Damage { len_bytes: frame_end - d.pos, resumed: true, ..*d };
+            report.quarantined.push(segment.quarantined(&whole));
+            tracing::warn!(
+                segment = %path.display(), position = d.pos, offset,
+                "damaged last record quarantined; its offset is not reused"
+            );
+        }
         if d.resumed {
             tracing::warn!(
                 segment = %path.display(), position = d.pos, len_bytes = d.len_bytes,
                 "damaged bytes quarantined: skipped, records after them kept"
             );
             report.quarantined.push(segment.quarantined(d));
-        } else {
+        } else if cut_at < d.pos + d.len_bytes {
+            let len_bytes = d.pos + d.len_bytes - cut_at;
             tracing::warn!(
-                segment = %path.display(), position = d.pos, len_bytes = d.len_bytes,
-                "torn tail truncated"
+                segment = %path.display(), position = cut_at, len_bytes, "torn tail truncated"
             );
-            file.set_len(d.pos).map_err(io("truncate"))?;
+            file.set_len(cut_at).map_err(io("truncate"))?;
             file.sync_data().map_err(io("fsync"))?;
-            segment.truncate_tail(d.pos);
+            segment.truncate_tail(cut_at);
             report.truncated =
-                Some(Truncation { segment: path.clone(), position: d.pos, len_bytes: d.len_bytes });
+                Some(Truncation { segment: path.clone(), position: cut_at, len_bytes });
         }
     }
-    Ok(segment)
+    Ok((segment, next_offset))
+}
+
+/// The end and offset of the frame at `pos` if its header is whole, names `expected_offset`, and
+/// its length fits before `end`: a record whose body, not header, is damaged.
+fn whole_frame_at(
+    file: &dyn StorageFile,
+    pos: u64,
+    end: u64,
+    expected_offset: u64,
+) -> std::io::Result<Option<(u64, u64)>> {
+    let mut header = [0u8; FRAME_HEADER_LEN];
+    if read_full_at(file, &mut header, pos)? < FRAME_HEADER_LEN {
+        return Ok(None);
+    }
+    let Some((body_len, offset)) = peek_len_and_offset(&header) else { return Ok(None) };
+    let frame_end = pos + FRAME_HEADER_LEN as u64 + u64::from(body_len);
+    let whole = body_len <= FORMAT_MAX_BODY_BYTES && frame_end <= end && offset == expected_offset;
+    Ok(whole.then_some((frame_end, offset)))
 }
 
 fn finish(

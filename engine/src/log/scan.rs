@@ -16,6 +16,11 @@ const CHUNK_BYTES: usize = 256 * 1024;
 
 const FRAME_HEADER_BYTES: u64 = FRAME_HEADER_LEN as u64;
 
+/// Bytes a resynchronising scan may checksum while it looks for the next record after one damaged
+/// range (FORMAT.md §5). Noise almost never passes the cheap header checks, but crafted bytes can,
+/// each claiming a body of up to 64 MiB; the budget bounds the work at about 0.1 s of CRC.
+pub(crate) const RESYNC_VERIFY_BUDGET_BYTES: u64 = 1 << 30;
+
 /// A record read from the log. The body shares the buffer it was read into.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
@@ -51,6 +56,10 @@ pub(crate) struct Scanner {
     min_offset: u64,
     last_offset: Option<u64>,
     offset_limit: Option<u64>,
+    /// Where the file turned out to end, when it is shorter than the scan expected.
+    file_end: Option<u64>,
+    /// Set while resynchronising: bytes candidates may still checksum.
+    resync_budget_bytes: Option<u64>,
 }
 
 /// What is at one position.
@@ -72,6 +81,8 @@ impl Scanner {
             min_offset,
             last_offset: None,
             offset_limit: None,
+            file_end: None,
+            resync_budget_bytes: None,
         }
     }
 
@@ -85,19 +96,24 @@ impl Scanner {
         self.offset_limit = offset_limit;
     }
 
-    /// Position of the next record the scan will look at.
-    pub(crate) fn pos(&self) -> u64 {
-        self.pos
-    }
-
     /// Offset of the last valid record scanned.
     pub(crate) fn last_offset(&self) -> Option<u64> {
         self.last_offset
     }
 
-    /// Extends the end of the scan (the segment grew).
+    /// Extends the end of the scan (the segment grew), never past where the file was found to end.
     pub(crate) fn set_end(&mut self, end: u64) {
-        self.end = self.end.max(end);
+        self.end = self.end.max(end).min(self.file_end.unwrap_or(u64::MAX));
+    }
+
+    /// Where the file ended, if a read found it shorter than the scan expected.
+    pub(crate) fn file_end(&self) -> Option<u64> {
+        self.file_end
+    }
+
+    /// Whether a scan to `end` would read anything more.
+    pub(crate) fn has_more_before(&self, end: u64) -> bool {
+        end.min(self.file_end.unwrap_or(u64::MAX)) > self.pos
     }
 
     pub(crate) fn next(&mut self) -> io::Result<Option<ScanItem>> {
@@ -110,25 +126,37 @@ impl Scanner {
             self.last_offset = Some(record.offset);
             return Ok(Some(ScanItem::Record { pos, record }));
         }
+        if self.pos >= self.end {
+            // The file ended where the record should have been: nothing is there to judge.
+            return Ok(None);
+        }
         let expected = self.expected_offset();
         let mut candidate = pos + 1;
-        while candidate + FRAME_HEADER_BYTES <= self.end {
+        self.resync_budget_bytes = Some(RESYNC_VERIFY_BUDGET_BYTES);
+        let found = loop {
+            if candidate + FRAME_HEADER_BYTES > self.end {
+                break None;
+            }
             // A record found after `candidate - pos` damaged bytes can be at most one offset per
             // frame header those bytes could have held past the one expected: a cheap bound that
             // keeps a resynchronising scan from taking noise for a record.
             let offset_max = expected.saturating_add((candidate - pos) / FRAME_HEADER_BYTES);
-            if let Probe::Valid(..) = self.probe(candidate, Some(offset_max))? {
-                self.pos = candidate;
-                return Ok(Some(ScanItem::Damaged {
-                    pos,
-                    len_bytes: candidate - pos,
-                    resumed: true,
-                }));
+            match self.probe(candidate, Some(offset_max)) {
+                Ok(Probe::Valid(..)) => break Some(candidate),
+                Ok(Probe::Invalid) => candidate += 1,
+                Err(error) => {
+                    self.resync_budget_bytes = None;
+                    return Err(error);
+                }
             }
-            candidate += 1;
-        }
-        self.pos = self.end;
-        Ok(Some(ScanItem::Damaged { pos, len_bytes: self.end - pos, resumed: false }))
+        };
+        self.resync_budget_bytes = None;
+        let item = match found {
+            Some(next) => ScanItem::Damaged { pos, len_bytes: next - pos, resumed: true },
+            None => ScanItem::Damaged { pos, len_bytes: self.end - pos, resumed: false },
+        };
+        self.pos = found.unwrap_or(self.end);
+        Ok(Some(item))
     }
 
     fn expected_offset(&self) -> u64 {
@@ -151,6 +179,12 @@ impl Scanner {
             return Ok(Probe::Invalid);
         }
         let len = FRAME_HEADER_BYTES + u64::from(body_len);
+        if let Some(left) = self.resync_budget_bytes {
+            if len > left {
+                return Ok(Probe::Invalid);
+            }
+            self.resync_budget_bytes = Some(left - len);
+        }
         let Some(bytes) = self.window(pos, len)? else {
             return Ok(Probe::Invalid);
         };
@@ -187,6 +221,7 @@ impl Scanner {
             if (got as u64) < len {
                 // The file is shorter than the scan expected: it ends here.
                 self.end = pos + got as u64;
+                self.file_end = Some(self.end);
                 return Ok(None);
             }
         }

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use super::LogError;
 use super::scan::{ScanItem, Scanner};
 use crate::format::SegmentHeader;
-use crate::storage::{Storage, StorageFile};
+use crate::storage::{Storage, StorageFile, read_full_at};
 
 /// Bytes of log between two entries of a segment's sparse index: a seek reads at most about this
 /// much before it reaches the record it wants, and the index costs 16 bytes per this many.
@@ -92,8 +92,17 @@ impl Segment {
         }
         let file =
             storage.open(&self.path, false).map_err(|e| LogError::io("open", &self.path, e))?;
+        self.check_header(&*file);
         *slot = Some(Arc::clone(&file));
         Ok(file)
+    }
+
+    /// Reports a damaged header of a segment opened for reading. Records are read regardless: the
+    /// name is trusted (FORMAT.md §5, rule 3).
+    fn check_header(&self, file: &dyn StorageFile) {
+        if let Some(reason) = header_problem(file, self.first_offset) {
+            tracing::warn!(segment = %self.path.display(), %reason, "damaged segment header: name trusted");
+        }
     }
 
     /// Offset of the last valid record the index has seen.
@@ -157,6 +166,20 @@ impl Segment {
             len_bytes: damage.len_bytes,
             after_offset: damage.after_offset,
         }
+    }
+}
+
+/// What is wrong with the header of the segment file `file`, named for `first_offset`, if
+/// anything.
+pub(crate) fn header_problem(file: &dyn StorageFile, first_offset: u64) -> Option<String> {
+    let mut header = [0u8; SegmentHeader::LEN];
+    if let Err(error) = read_full_at(file, &mut header, 0) {
+        return Some(error.to_string());
+    }
+    match SegmentHeader::decode(&header) {
+        Ok(h) if h.first_offset == first_offset => None,
+        Ok(h) => Some(format!("header names first offset {}", h.first_offset)),
+        Err(error) => Some(error.to_string()),
     }
 }
 

@@ -148,6 +148,10 @@ impl Shared {
             if let Some(result) = completion.get() {
                 return result.clone().map(|()| range);
             }
+            if let Some(poisoned) = &state.poisoned {
+                // Only a round that panicked leaves a batch without an outcome.
+                return Err(poisoned.clone());
+            }
             state = if state.leader {
                 self.wakeup.wait(state).unwrap_or_else(PoisonError::into_inner)
             } else {
@@ -178,14 +182,25 @@ impl Shared {
         self.lead(state, true).1.map(|()| true)
     }
 
+    /// Refuses new appends, then writes and fsyncs everything queued or unsynced. Appends queued
+    /// before the close complete normally.
     pub(super) fn close(&self) -> Result<(), LogError> {
-        self.sync(false)?;
         let mut state = self.state();
-        while state.leader {
-            state = self.wakeup.wait(state).unwrap_or_else(PoisonError::into_inner);
+        if let Some(poisoned) = &state.poisoned {
+            return Err(poisoned.clone());
         }
         state.closed = true;
-        Ok(())
+        loop {
+            while state.leader {
+                state = self.wakeup.wait(state).unwrap_or_else(PoisonError::into_inner);
+            }
+            if state.queued.is_empty() && state.unsynced_records == 0 {
+                return Ok(());
+            }
+            let (next, result) = self.lead(state, true);
+            result?;
+            state = next;
+        }
     }
 
     /// One round of group commit, run by the thread that found no leader.
@@ -208,9 +223,11 @@ impl Shared {
             };
         drop(state);
 
+        let mut guard = RoundGuard { shared: self, finished: false };
         let result = self.write_round(&chunks, sync);
 
         let mut state = self.state();
+        guard.finished = true;
         let outcome = result.as_ref().map(|_| ()).map_err(LogError::clone);
         match result {
             Ok(written) => {
@@ -307,7 +324,11 @@ impl Shared {
             for (segment, _) in created.iter().rev() {
                 self.storage.remove_file(&segment.path)?;
             }
-            first.file(&*self.storage).map_err(std::io::Error::other)?.set_len(start_len)
+            let file = first.file(&*self.storage).map_err(std::io::Error::other)?;
+            file.set_len(start_len)?;
+            // A roll in the failed round fsynced part of what is cut here: the cut must be
+            // durable too, or a power loss would bring back records whose append failed.
+            file.sync_data()
         };
         match undo() {
             Ok(()) => error,
@@ -330,6 +351,32 @@ impl Shared {
             *list = Arc::new(segments);
         }
         self.next_offset.store(written.end_offset, Ordering::Release);
+    }
+}
+
+/// Poisons the log if a round unwinds out of its I/O, so that no appender waits forever for a
+/// leader that is gone.
+struct RoundGuard<'a> {
+    shared: &'a Shared,
+    finished: bool,
+}
+
+impl Drop for RoundGuard<'_> {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let mut state = self.shared.state();
+        let poisoned = LogError::Poisoned {
+            dir: self.shared.dir.clone(),
+            cause: "a write round panicked".into(),
+        };
+        for completion in std::mem::take(&mut state.waiting) {
+            let _ = completion.set(Err(poisoned.clone()));
+        }
+        state.poisoned.get_or_insert(poisoned);
+        state.leader = false;
+        self.shared.wakeup.notify_all();
     }
 }
 

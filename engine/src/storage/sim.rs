@@ -3,7 +3,9 @@
 //!
 //! What it models, following FORMAT.md §6:
 //! - A file's writes since its last `sync_data` are pending. [`SimStorage::crash_with`] keeps any
-//!   prefix of them, the last kept write cut at any byte, and drops the rest.
+//!   prefix of them, the last kept write cut at any byte, and drops the rest. Unsynced pages lost
+//!   out of order (a hole before surviving data) are not modelled here; the corruption tests make
+//!   such holes in real files.
 //! - A directory entry created, renamed or removed is durable only after the directory is synced
 //!   (which `create_new`, `rename` and `remove_file` do, as the trait requires). A crash restores
 //!   the durable entries.
@@ -316,7 +318,9 @@ impl StorageFile for SimFile {
                 let free = capacity.saturating_sub(inner.used_bytes());
                 if growth > free {
                     full = true;
-                    bytes = &buf[..to_usize((buf.len() as u64) - (growth - free))];
+                    // What fits: up to the old end, plus the free bytes after it.
+                    let fits = (len + free).saturating_sub(pos).min(buf.len() as u64);
+                    bytes = &buf[..to_usize(fits)];
                 }
             }
             let file = file_mut(inner, id)?;
