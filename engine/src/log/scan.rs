@@ -58,8 +58,13 @@ pub(crate) struct Scanner {
     offset_limit: Option<u64>,
     /// Where the file turned out to end, when it is shorter than the scan expected.
     file_end: Option<u64>,
-    /// Set while resynchronising: bytes candidates may still checksum.
-    resync_budget_bytes: Option<u64>,
+}
+
+/// The extra limits on a candidate record while resynchronising after damage (FORMAT.md §5).
+struct Resync<'a> {
+    offset_max: u64,
+    /// Bytes candidates may still checksum.
+    budget_bytes: &'a mut u64,
 }
 
 /// What is at one position.
@@ -82,7 +87,6 @@ impl Scanner {
             last_offset: None,
             offset_limit: None,
             file_end: None,
-            resync_budget_bytes: None,
         }
     }
 
@@ -132,7 +136,7 @@ impl Scanner {
         }
         let expected = self.expected_offset();
         let mut candidate = pos + 1;
-        self.resync_budget_bytes = Some(RESYNC_VERIFY_BUDGET_BYTES);
+        let mut budget_bytes = RESYNC_VERIFY_BUDGET_BYTES;
         let found = loop {
             if candidate + FRAME_HEADER_BYTES > self.end {
                 break None;
@@ -141,16 +145,12 @@ impl Scanner {
             // frame header those bytes could have held past the one expected: a cheap bound that
             // keeps a resynchronising scan from taking noise for a record.
             let offset_max = expected.saturating_add((candidate - pos) / FRAME_HEADER_BYTES);
-            match self.probe(candidate, Some(offset_max)) {
-                Ok(Probe::Valid(..)) => break Some(candidate),
-                Ok(Probe::Invalid) => candidate += 1,
-                Err(error) => {
-                    self.resync_budget_bytes = None;
-                    return Err(error);
-                }
+            let resync = Resync { offset_max, budget_bytes: &mut budget_bytes };
+            match self.probe(candidate, Some(resync))? {
+                Probe::Valid(..) => break Some(candidate),
+                Probe::Invalid => candidate += 1,
             }
         };
-        self.resync_budget_bytes = None;
         let item = match found {
             Some(next) => ScanItem::Damaged { pos, len_bytes: next - pos, resumed: true },
             None => ScanItem::Damaged { pos, len_bytes: self.end - pos, resumed: false },
@@ -164,7 +164,7 @@ impl Scanner {
     }
 
     /// Checks the record at `pos` against every rule of FORMAT.md §3.
-    fn probe(&mut self, pos: u64, offset_max: Option<u64>) -> io::Result<Probe> {
+    fn probe(&mut self, pos: u64, resync: Option<Resync<'_>>) -> io::Result<Probe> {
         let Some(head) = self.window(pos, FRAME_HEADER_BYTES)? else {
             return Ok(Probe::Invalid);
         };
@@ -174,16 +174,16 @@ impl Scanner {
         let offset_ok = offset >= self.min_offset
             && self.last_offset.is_none_or(|last| offset > last)
             && self.offset_limit.is_none_or(|limit| offset < limit)
-            && offset_max.is_none_or(|max| offset <= max);
+            && resync.as_ref().is_none_or(|r| offset <= r.offset_max);
         if !offset_ok || body_len > FORMAT_MAX_BODY_BYTES {
             return Ok(Probe::Invalid);
         }
         let len = FRAME_HEADER_BYTES + u64::from(body_len);
-        if let Some(left) = self.resync_budget_bytes {
-            if len > left {
+        if let Some(resync) = resync {
+            if len > *resync.budget_bytes {
                 return Ok(Probe::Invalid);
             }
-            self.resync_budget_bytes = Some(left - len);
+            *resync.budget_bytes -= len;
         }
         let Some(bytes) = self.window(pos, len)? else {
             return Ok(Probe::Invalid);
