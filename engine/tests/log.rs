@@ -423,6 +423,9 @@ impl Storage for GatedStorage {
     fn remove_file(&self, path: &std::path::Path) -> io::Result<()> {
         self.inner.remove_file(path)
     }
+    fn remove_dir(&self, path: &std::path::Path) -> io::Result<()> {
+        self.inner.remove_dir(path)
+    }
     fn rename(&self, from: &std::path::Path, to: &std::path::Path) -> io::Result<()> {
         self.inner.rename(from, to)
     }

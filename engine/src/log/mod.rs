@@ -151,6 +151,8 @@ pub struct LogStats {
     /// Damaged ranges found and skipped since open (recovery's included).
     pub quarantined_ranges: u64,
     pub quarantined_bytes: u64,
+    /// Records queued by [`TopicLog::append_queued`] whose write failed.
+    pub lost_records: u64,
 }
 
 /// The log of one topic. See the module documentation.
@@ -173,6 +175,7 @@ pub(crate) struct Shared {
     quarantine_seen: Mutex<BTreeSet<(PathBuf, u64)>>,
     quarantined_ranges: AtomicU64,
     quarantined_bytes: AtomicU64,
+    lost_records: AtomicU64,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -197,6 +200,24 @@ impl TopicLog {
     /// under [`SyncPolicy::Always`], fsynced). On error nothing of the batch is in the log.
     pub fn append(&self, records: &[NewRecord<'_>]) -> Result<Range<u64>, LogError> {
         self.shared.append(records)
+    }
+
+    /// Queues `records` to be written by the next round and returns their offsets at once,
+    /// without waiting for the write (NSQ's memory queue, `--mem-queue-size`). Readers see them
+    /// once written. Queues nothing and returns `Ok(None)` if more than `max_queued_records`
+    /// would then wait. If their write fails they are lost, counted in
+    /// [`LogStats::lost_records`], and their offsets are handed out again.
+    pub fn append_queued(
+        &self,
+        records: &[NewRecord<'_>],
+        max_queued_records: u64,
+    ) -> Result<Option<Range<u64>>, LogError> {
+        self.shared.append_queued(records, max_queued_records)
+    }
+
+    /// Writes every queued record (without an fsync unless the policy asks for one).
+    pub fn write_queued(&self) -> Result<(), LogError> {
+        self.shared.write_queued()
     }
 
     /// Makes every appended record durable.
@@ -368,6 +389,7 @@ impl Shared {
             queued_records: self.queued_records(),
             quarantined_ranges: self.quarantined_ranges.load(Ordering::Relaxed),
             quarantined_bytes: self.quarantined_bytes.load(Ordering::Relaxed),
+            lost_records: self.lost_records.load(Ordering::Relaxed),
         }
     }
 }

@@ -238,6 +238,7 @@ fn finish(
         quarantined_ranges: AtomicU64::new(seen.len() as u64),
         quarantine_seen: Mutex::new(seen),
         quarantined_bytes: AtomicU64::new(quarantined_bytes),
+        lost_records: AtomicU64::new(0),
     };
     (shared, report)
 }

@@ -27,6 +27,8 @@ pub(crate) struct WriterState {
     queued_segment_len: u64,
     queued: Vec<Chunk>,
     waiting: Vec<Completion>,
+    /// Records queued by [`Shared::append_queued`], whose appenders do not wait for the round.
+    detached_records: u64,
     leader: bool,
     poisoned: Option<LogError>,
     closed: bool,
@@ -52,6 +54,7 @@ impl WriterState {
             queued_segment_len: segment_len,
             queued: Vec::new(),
             waiting: Vec::new(),
+            detached_records: 0,
             leader: false,
             poisoned: None,
             closed: false,
@@ -160,6 +163,41 @@ impl Shared {
         }
     }
 
+    /// Queues `records` without waiting for them to be written, unless that would leave more
+    /// than `max_queued_records` queued: then returns `Ok(None)` and queues nothing.
+    pub(super) fn append_queued(
+        &self,
+        records: &[NewRecord<'_>],
+        max_queued_records: u64,
+    ) -> Result<Option<Range<u64>>, LogError> {
+        check_limits(&self.config, records)?;
+        let mut state = self.state();
+        state.check_open(&self.dir)?;
+        let queued: u64 = state.queued.iter().map(|chunk| chunk.records).sum();
+        if queued + records.len() as u64 > max_queued_records {
+            return Ok(None);
+        }
+        let range = state.enqueue(records, self.config.max_bytes_per_file);
+        state.detached_records += records.len() as u64;
+        Ok(Some(range))
+    }
+
+    /// Writes everything queued (by a round of its own once any running round is done).
+    pub(super) fn write_queued(&self) -> Result<(), LogError> {
+        let mut state = self.state();
+        loop {
+            state.check_open(&self.dir)?;
+            if !state.leader {
+                break;
+            }
+            state = self.wakeup.wait(state).unwrap_or_else(PoisonError::into_inner);
+        }
+        if state.queued.is_empty() {
+            return Ok(());
+        }
+        self.lead(state, false).1
+    }
+
     /// Writes everything queued and fsyncs. With `only_if_due`, does nothing unless the policy's
     /// interval has passed with records unsynced. Returns whether it synced.
     pub(super) fn sync(&self, only_if_due: bool) -> Result<bool, LogError> {
@@ -212,6 +250,7 @@ impl Shared {
         state.leader = true;
         let chunks = std::mem::take(&mut state.queued);
         let waiting = std::mem::take(&mut state.waiting);
+        let detached = std::mem::take(&mut state.detached_records);
         let records: u64 = chunks.iter().map(|c| c.records).sum();
         let sync = force_sync
             || match self.config.sync {
@@ -255,6 +294,15 @@ impl Shared {
                 let later = std::mem::take(&mut state.queued);
                 state.recycle(later);
                 let later_waiting = std::mem::take(&mut state.waiting);
+                let lost = detached + std::mem::take(&mut state.detached_records);
+                if lost > 0 {
+                    self.lost_records.fetch_add(lost, Ordering::Relaxed);
+                    tracing::error!(
+                        dir = %self.dir.display(),
+                        records = lost,
+                        "records acknowledged from memory were lost: their write failed"
+                    );
+                }
                 for completion in waiting.into_iter().chain(later_waiting) {
                     let _ = completion.set(Err(error.clone()));
                 }

@@ -65,6 +65,11 @@ impl Storage for FsStorage {
         self.sync_dir(parent_of(path))
     }
 
+    fn remove_dir(&self, path: &Path) -> io::Result<()> {
+        fs::remove_dir(path)?;
+        self.sync_dir(parent_of(path))
+    }
+
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         fs::rename(from, to)?;
         self.sync_dir(parent_of(to))?;

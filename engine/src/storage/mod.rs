@@ -33,6 +33,8 @@ pub trait Storage: Send + Sync + Debug {
     fn create_new(&self, path: &Path) -> io::Result<Arc<dyn StorageFile>>;
     /// Removes a file, durably.
     fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Removes an empty directory, durably.
+    fn remove_dir(&self, path: &Path) -> io::Result<()>;
     /// Renames a file, replacing `to`, durably.
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Makes the entries of directory `path` durable.

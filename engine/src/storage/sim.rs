@@ -58,6 +58,8 @@ struct Inner {
     file_syncs: u64,
     faults: BTreeMap<u64, io::ErrorKind>,
     capacity_bytes: Option<u64>,
+    /// Open handles per file: an unlinked file's data goes when its last handle closes.
+    handles: HashMap<u64, usize>,
 }
 
 #[derive(Debug, Default)]
@@ -141,6 +143,20 @@ impl Inner {
     }
 
     /// Files no name refers to, and no handle can reach after a crash, are forgotten.
+    /// Drops the data of file `id` if nothing can reach it any more.
+    fn collect_if_unreachable(&mut self, id: u64) {
+        let open = self.handles.get(&id).copied().unwrap_or(0) > 0;
+        let named = self.names.values().chain(self.durable_names.values()).any(|&n| n == id);
+        if !open && !named {
+            self.files.remove(&id);
+        }
+    }
+
+    fn new_handle(&mut self, inner: &Arc<Mutex<Inner>>, id: u64, writable: bool) -> SimFile {
+        *self.handles.entry(id).or_insert(0) += 1;
+        SimFile { inner: Arc::clone(inner), id, generation: self.generation, writable }
+    }
+
     fn collect_garbage(&mut self) {
         let named: BTreeSet<u64> = self.names.values().copied().collect();
         self.files.retain(|id, _| named.contains(id));
@@ -273,6 +289,19 @@ impl Drop for SimLock {
     }
 }
 
+impl Drop for SimFile {
+    fn drop(&mut self) {
+        let mut inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = inner.handles.get_mut(&self.id) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                inner.handles.remove(&self.id);
+                inner.collect_if_unreachable(self.id);
+            }
+        }
+    }
+}
+
 impl SimFile {
     fn with<T>(&self, f: impl FnOnce(&mut Inner, u64) -> io::Result<T>) -> io::Result<T> {
         let mut inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -380,14 +409,9 @@ impl Storage for SimStorage {
     }
 
     fn open(&self, path: &Path, writable: bool) -> io::Result<Arc<dyn StorageFile>> {
-        let inner = self.lock();
+        let mut inner = self.lock();
         let id = inner.lookup(path)?;
-        Ok(Arc::new(SimFile {
-            inner: Arc::clone(&self.inner),
-            id,
-            generation: inner.generation,
-            writable,
-        }))
+        Ok(Arc::new(inner.new_handle(&self.inner, id, writable)))
     }
 
     fn create_new(&self, path: &Path) -> io::Result<Arc<dyn StorageFile>> {
@@ -395,21 +419,32 @@ impl Storage for SimStorage {
         inner.step()?;
         let id = inner.create_file(path)?;
         inner.sync_dir(&parent(path))?;
-        Ok(Arc::new(SimFile {
-            inner: Arc::clone(&self.inner),
-            id,
-            generation: inner.generation,
-            writable: true,
-        }))
+        Ok(Arc::new(inner.new_handle(&self.inner, id, true)))
     }
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
         let mut inner = self.lock();
         inner.step()?;
-        inner.lookup(path)?;
+        let id = inner.lookup(path)?;
         inner.names.remove(path);
-        // Open handles keep the data, as on Unix, until the next crash collects it.
-        inner.sync_dir(&parent(path))
+        // Open handles keep the data, as on Unix, until the last one closes.
+        inner.sync_dir(&parent(path))?;
+        inner.collect_if_unreachable(id);
+        Ok(())
+    }
+
+    fn remove_dir(&self, path: &Path) -> io::Result<()> {
+        let mut inner = self.lock();
+        inner.step()?;
+        if !inner.dirs.contains(path) {
+            return Err(io::Error::new(io::ErrorKind::NotFound, "no such directory"));
+        }
+        let within = |p: &PathBuf| p.parent() == Some(path);
+        if inner.names.keys().any(within) || inner.dirs.iter().any(within) {
+            return Err(io::Error::new(io::ErrorKind::DirectoryNotEmpty, "directory not empty"));
+        }
+        inner.dirs.remove(path);
+        Ok(())
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {

@@ -1,0 +1,5 @@
+//! The queueing state of channels, and the engine's timer.
+
+pub(crate) mod ranges;
+pub(crate) mod state;
+pub(crate) mod timers;
