@@ -257,7 +257,7 @@ impl Channel {
             backend_depth: depth,
             in_flight_count: queue.in_flight_count(),
             deferred_count: queue.deferred_count(),
-            message_count: queue.counters.message_count,
+            message_count: queue.message_count(end),
             requeue_count: queue.counters.requeue_count,
             timeout_count: queue.counters.timeout_count,
             client_count: consumers.len() as u64,

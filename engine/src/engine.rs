@@ -201,13 +201,13 @@ impl Engine {
         self.inner.checkpoint()
     }
 
-    /// Fires the timeouts and deferred deliveries due by now. Returns the next time there will
-    /// be some, if any.
+    /// Fires the timeouts and deferred deliveries due by now. Returns [`Engine::next_timer_ns`].
     pub fn fire_timers(&self) -> Option<i64> {
         self.inner.fire_timers()
     }
 
-    /// The earliest time a timeout or a deferred delivery is due.
+    /// No later than the earliest time a timeout or a deferred delivery is due (it may be
+    /// earlier when a deadline moved: firing then does nothing and finds the next one).
     pub fn next_timer_ns(&self) -> Option<i64> {
         self.inner.ctx.timers.next_ns()
     }

@@ -213,6 +213,12 @@ impl ChannelState {
         self.deferred.len() as u64
     }
 
+    /// Messages that reached the channel since it was loaded: read ones, and those waiting to
+    /// be read up to `end` (NSQ counts a message when its topic hands it to the channel).
+    pub(crate) fn message_count(&self, end: u64) -> u64 {
+        self.counters.message_count + end.saturating_sub(self.next_read)
+    }
+
     /// Messages ready for delivery: requeued ones and those not read yet, up to `end`.
     pub(crate) fn depth(&self, end: u64) -> u64 {
         let unread = end.saturating_sub(self.next_read) + u64::from(self.held.is_some());
@@ -497,6 +503,8 @@ impl ChannelState {
     /// deferred. Consumers stay.
     pub(crate) fn empty(&mut self, end: u64) {
         let end = end.max(self.next_read);
+        // The unread messages had reached the channel: they stay counted.
+        self.counters.message_count += end - self.next_read;
         self.floor = end;
         self.next_read = end;
         self.finished.clear();

@@ -74,3 +74,84 @@ pub fn segment_paths(dir: &Path) -> Vec<PathBuf> {
     paths.sort();
     paths
 }
+
+/// An engine on simulated storage, an in-memory meta store and a clock the test moves. The three
+/// outlive the engines opened on them, so a test can crash and reopen.
+pub struct Harness {
+    pub storage: engine::storage::SimStorage,
+    pub meta: Arc<engine::meta::MemoryMeta>,
+    pub clock: Arc<engine::clock::ManualClock>,
+    pub config: engine::EngineConfig,
+}
+
+pub const DATA: &str = "/data";
+
+impl Harness {
+    /// Memory queue off (every publish written before it returns), fsync on every append.
+    pub fn new() -> Self {
+        let config = engine::EngineConfig {
+            mem_queue_size: 0,
+            log: LogConfig { sync: engine::SyncPolicy::Always, ..LogConfig::default() },
+            ..engine::EngineConfig::default()
+        };
+        Self::with_config(config)
+    }
+
+    pub fn with_config(config: engine::EngineConfig) -> Self {
+        Self {
+            storage: engine::storage::SimStorage::new(),
+            meta: Arc::new(engine::meta::MemoryMeta::new()),
+            clock: Arc::new(engine::clock::ManualClock::default()),
+            config,
+        }
+    }
+
+    pub fn open(&self) -> engine::Engine {
+        engine::Engine::open_with(
+            DATA,
+            self.config.clone(),
+            Arc::new(self.storage.clone()),
+            engine::meta::MetaStore::in_memory(Arc::clone(&self.meta)),
+            self.clock.clone(),
+        )
+        .unwrap()
+        .0
+    }
+
+    /// Kills `engine` as a power loss would: unsynced file data and unflushed metadata are lost.
+    pub fn crash(&self, engine: engine::Engine) {
+        self.storage.crash();
+        self.meta.crash();
+        engine.halt();
+    }
+
+    pub fn advance(&self, by: std::time::Duration) {
+        self.clock.advance(by);
+    }
+}
+
+/// Publishes one message per body.
+pub fn publish(topic: &engine::Topic, bodies: &[&str]) -> std::ops::Range<u64> {
+    let bodies: Vec<&[u8]> = bodies.iter().map(|b| b.as_bytes()).collect();
+    topic.publish(&bodies, std::time::Duration::ZERO).unwrap()
+}
+
+/// Takes every message the consumer may have now, as strings.
+pub fn take_all(consumer: &engine::Consumer) -> Vec<engine::Delivery> {
+    std::iter::from_fn(|| consumer.next_message().unwrap()).collect()
+}
+
+pub fn text(delivery: &engine::Delivery) -> String {
+    String::from_utf8(delivery.body.to_vec()).unwrap()
+}
+
+pub fn texts(deliveries: &[engine::Delivery]) -> Vec<String> {
+    deliveries.iter().map(text).collect()
+}
+
+/// A consumer with RDY `ready`.
+pub fn consumer(channel: &Arc<engine::Channel>, ready: u64) -> engine::Consumer {
+    let consumer = channel.subscribe(None).unwrap();
+    consumer.set_ready(ready);
+    consumer
+}
