@@ -307,6 +307,30 @@ fn a_topic_with_no_channel_keeps_every_segment() {
 }
 
 #[test]
+fn a_damaged_checkpoint_costs_redeliveries_never_messages() {
+    // Goal: a channel value that fails its checksum is not trusted: the channel starts over at
+    // its oldest retained message; a damaged deferred entry is simply due. Method: finish one,
+    // defer one, close, damage every channel and deferred value, reopen, consume.
+    let h = Harness::new();
+    {
+        let engine = h.open();
+        let topic = engine.topic("t").unwrap();
+        let channel = topic.channel("c").unwrap();
+        publish(&topic, &["a", "b", "c"]);
+        let c = consumer(&channel, 2);
+        let got = take_all(&c);
+        c.finish(&got[0].id).unwrap();
+        c.requeue(&got[1].id, Duration::from_secs(3600)).unwrap();
+        engine.close().unwrap();
+    }
+    h.meta.damage_values("channels");
+    h.meta.damage_values("deferred");
+    let engine = h.open();
+    let channel = engine.get_topic("t").unwrap().get_channel("c").unwrap();
+    assert_eq!(texts(&take_all(&consumer(&channel, 10))), ["a", "b", "c"]);
+}
+
+#[test]
 fn the_sled_store_carries_progress_across_a_reopen() {
     // Goal: the real store (sled on disk) keeps checkpoints and the catalog lists the channels.
     // Method: on a temporary directory, consume part, close, reopen, consume the rest.

@@ -33,6 +33,23 @@ impl MemoryMeta {
         state.live = state.flushed.clone();
     }
 
+    /// Flips a bit in the last byte of every value of a tree (`topics`, `channels` or
+    /// `deferred`), live and flushed: media damage, for tests of what the engine does with it.
+    pub fn damage_values(&self, tree: &str) {
+        let Some(tree) = Tree::ALL.into_iter().find(|t| t.name() == tree) else {
+            return;
+        };
+        let mut state = self.state();
+        let state = &mut *state;
+        for trees in [&mut state.live, &mut state.flushed] {
+            for value in trees.entry(tree).or_default().values_mut() {
+                if let Some(last) = value.last_mut() {
+                    *last ^= 1;
+                }
+            }
+        }
+    }
+
     /// How many times the store was flushed.
     pub fn flushes(&self) -> u64 {
         self.state().flushes
