@@ -20,6 +20,7 @@ use crate::clock::duration_ns;
 use crate::error::EngineError;
 use crate::latency::E2eLatency;
 use crate::message_id::parse_message_id;
+use crate::meta::{ChannelRecord, MetaStore};
 use crate::queue::state::{ChannelState, ConsumerId, Snapshot};
 use crate::stats::{ChannelStats, ConsumerStats};
 use crate::topic::{Topic, TopicCore};
@@ -32,6 +33,8 @@ pub(crate) struct Inner {
     /// The time this channel asked the engine's timer to fire it at.
     timer_registered: Option<i64>,
     next_consumer: ConsumerId,
+    /// The checkpoint written last, so that an unchanged channel is not written again.
+    last_written: Option<ChannelRecord>,
 }
 
 /// A channel of a topic. Obtained from [`Topic::channel`].
@@ -69,7 +72,13 @@ impl Channel {
             name,
             core,
             topic,
-            inner: Mutex::new(Inner { queue, latency, timer_registered: None, next_consumer: 1 }),
+            inner: Mutex::new(Inner {
+                queue,
+                latency,
+                timer_registered: None,
+                next_consumer: 1,
+                last_written: None,
+            }),
             changed: watch::Sender::new(()),
             deleted: AtomicBool::new(false),
             ctx: Arc::clone(&ctx),
@@ -202,12 +211,27 @@ impl Channel {
         }
     }
 
-    pub(crate) fn snapshot(&self, synced: u64) -> Snapshot {
-        self.inner().queue.snapshot(synced)
-    }
-
-    pub(crate) fn snapshot_failed(&self, snapshot: &Snapshot) {
-        self.inner().queue.snapshot_failed(snapshot);
+    /// Writes this channel's checkpoint, limited to offsets below `synced`, unless it is what
+    /// was written last. Returns the checkpointed floor.
+    pub(crate) fn checkpoint(&self, meta: &MetaStore, synced: u64) -> Result<u64, EngineError> {
+        let snapshot = self.inner().queue.snapshot(synced);
+        let floor = snapshot.record.floor;
+        let unchanged = !snapshot.clear_deferred
+            && snapshot.deferred.is_empty()
+            && self.inner().last_written.as_ref() == Some(&snapshot.record);
+        if unchanged {
+            return Ok(floor);
+        }
+        match write_snapshot(meta, &self.core.name, &self.name, &snapshot) {
+            Ok(()) => {
+                self.inner().last_written = Some(snapshot.record);
+                Ok(floor)
+            }
+            Err(error) => {
+                self.inner().queue.snapshot_failed(&snapshot);
+                Err(error)
+            }
+        }
     }
 
     /// Drops the unread messages in `range` (the queue of a paused topic being emptied).
@@ -407,4 +431,20 @@ impl Drop for Consumer {
     fn drop(&mut self) {
         self.channel.remove_consumer(self.id);
     }
+}
+
+/// Writes one channel's snapshot: deferred entries first, then the channel record, so that a
+/// crash between them leaves deferred entries the record's floor and finished ranges filter.
+fn write_snapshot(
+    meta: &MetaStore,
+    topic: &str,
+    channel: &str,
+    snapshot: &Snapshot,
+) -> Result<(), EngineError> {
+    if snapshot.clear_deferred {
+        meta.clear_deferred(topic, channel)?;
+    }
+    meta.update_deferred(topic, channel, snapshot.deferred.iter().copied())?;
+    meta.put_channel(topic, channel, &snapshot.record)?;
+    Ok(())
 }

@@ -423,19 +423,14 @@ impl Topic {
                 let bound = self.ephemeral_bound();
                 channel.floor().max(log.next_offset().saturating_sub(bound))
             } else {
-                let snapshot = channel.snapshot(synced);
-                if let Err(error) = write_snapshot(meta, self.name(), channel.name(), &snapshot) {
-                    channel.snapshot_failed(&snapshot);
-                    return Err(error);
-                }
-                snapshot.record.floor
+                channel.checkpoint(meta, synced)?
             };
             floor = Some(floor.map_or(channel_floor, |f| f.min(channel_floor)));
         }
         if !any_channel {
             floor = Some(state.orphan_floor.min(synced));
         }
-        meta.put_topic(self.name(), &state)?;
+        // The topic record is written whenever it changes (pause, empty, channel list).
         Ok(floor)
     }
 
@@ -448,11 +443,7 @@ impl Topic {
             return Ok(());
         }
         self.core.log.sync()?;
-        let snapshot = channel.snapshot(self.core.log.stats().synced_offset);
-        if let Err(error) = write_snapshot(meta, self.name(), channel.name(), &snapshot) {
-            channel.snapshot_failed(&snapshot);
-            return Err(error);
-        }
+        channel.checkpoint(meta, self.core.log.stats().synced_offset)?;
         self.persist_channel_list(&lock(&self.state), None)
     }
 
@@ -509,8 +500,7 @@ impl Topic {
             return Ok(());
         };
         if let Some(channel) = created {
-            let snapshot = channel.snapshot(self.core.log.stats().synced_offset);
-            write_snapshot(meta, self.name(), channel.name(), &snapshot)?;
+            channel.checkpoint(meta, self.core.log.stats().synced_offset)?;
         }
         meta.put_topic(self.name(), state)?;
         self.write_catalog(state)?;
@@ -541,22 +531,6 @@ impl Topic {
     pub(crate) fn dir(&self) -> &Path {
         self.core.log.dir()
     }
-}
-
-/// Writes one channel's snapshot: deferred entries first, then the channel record, so that a
-/// crash between them leaves deferred entries the record's floor and finished ranges filter.
-fn write_snapshot(
-    meta: &MetaStore,
-    topic: &str,
-    channel: &str,
-    snapshot: &crate::queue::state::Snapshot,
-) -> Result<(), EngineError> {
-    if snapshot.clear_deferred {
-        meta.clear_deferred(topic, channel)?;
-    }
-    meta.update_deferred(topic, channel, snapshot.deferred.iter().copied())?;
-    meta.put_channel(topic, channel, &snapshot.record)?;
-    Ok(())
 }
 
 fn write_atomically(storage: &dyn Storage, dir: &Path, bytes: &[u8]) -> Result<(), EngineError> {

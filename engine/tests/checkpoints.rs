@@ -307,6 +307,29 @@ fn a_topic_with_no_channel_keeps_every_segment() {
 }
 
 #[test]
+fn an_idle_engine_writes_nothing_at_checkpoints() {
+    // Goal: a checkpoint writes only channels that changed, so an idle nsqd does not rewrite
+    // its store every interval. Method: count store writes across checkpoints with and without
+    // activity.
+    let h = Harness::new();
+    let engine = h.open();
+    let topic = engine.topic("t").unwrap();
+    let channel = topic.channel("c").unwrap();
+    topic.channel("other").unwrap();
+    publish(&topic, &["a"]);
+    engine.checkpoint().unwrap();
+    let before = h.meta.applies();
+    engine.checkpoint().unwrap();
+    engine.checkpoint().unwrap();
+    assert_eq!(h.meta.applies(), before, "nothing changed, nothing written");
+    let c = consumer(&channel, 1);
+    let delivery = c.next_message().unwrap().unwrap();
+    c.finish(&delivery.id).unwrap();
+    engine.checkpoint().unwrap();
+    assert_eq!(h.meta.applies(), before + 1, "only the channel that moved");
+}
+
+#[test]
 fn a_damaged_checkpoint_costs_redeliveries_never_messages() {
     // Goal: a channel value that fails its checksum is not trusted: the channel starts over at
     // its oldest retained message; a damaged deferred entry is simply due. Method: finish one,

@@ -20,6 +20,7 @@ struct State {
     live: Trees,
     flushed: Trees,
     flushes: u64,
+    applies: u64,
 }
 
 impl MemoryMeta {
@@ -48,6 +49,11 @@ impl MemoryMeta {
                 }
             }
         }
+    }
+
+    /// How many batches of changes were applied.
+    pub fn applies(&self) -> u64 {
+        self.state().applies
     }
 
     /// How many times the store was flushed.
@@ -96,6 +102,7 @@ impl KvBackend for MemoryMeta {
 
     fn apply(&self, tree: Tree, changes: Vec<Change>) -> io::Result<()> {
         let mut state = self.state();
+        state.applies += 1;
         let entries = state.live.entry(tree).or_default();
         for (key, value) in changes {
             match value {
