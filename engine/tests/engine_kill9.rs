@@ -14,6 +14,8 @@
 // A failed unwrap in a test is a failed assertion; the lint guards library code against input.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::cast_possible_truncation)]
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -157,29 +159,16 @@ fn main() {
         child(Path::new(&data_dir), cycle);
         return;
     }
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "--list") {
-        println!("engine_kill9: test");
+    let Some(seed) = common::self_test_seed("engine_kill9", "ENGINE_KILL9_SEED") else {
         return;
-    }
-    if args.iter().any(|a| !a.starts_with('-') && !"engine_kill9".contains(a.as_str())) {
-        return;
-    }
-    let seed =
-        std::env::var("ENGINE_KILL9_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
-                as u64
-        });
-    println!("engine_kill9: seed {seed} (ENGINE_KILL9_SEED={seed} reproduces)");
+    };
     let exe = std::env::current_exe().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let mut rng = seed | 1;
     let (mut acknowledged, mut unfinished) = (0, 0);
     for cycle in 0..CYCLES {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        let (a, u) = run_cycle(&exe, tmp.path(), cycle, 20 + rng % 3000);
+        let lines_before_kill = 20 + common::xorshift(&mut rng) % 3000;
+        let (a, u) = run_cycle(&exe, tmp.path(), cycle, lines_before_kill);
         acknowledged += a;
         unfinished += u;
     }

@@ -167,29 +167,15 @@ fn main() {
         child(Path::new(&data_dir), cycle);
         return;
     }
-    // `cargo test -- --list` and filters: this program is one test, named kill9.
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "--list") {
-        println!("kill9: test");
+    let Some(seed) = common::self_test_seed("kill9", "KILL9_SEED") else {
         return;
-    }
-    if args.iter().any(|a| !a.starts_with('-') && !"kill9".contains(a.as_str())) {
-        return;
-    }
-    let seed = std::env::var("KILL9_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
-            as u64
-    });
-    println!("kill9: seed {seed} (KILL9_SEED={seed} reproduces)");
+    };
     let exe = std::env::current_exe().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let mut rng = seed | 1;
     let (mut acknowledged, mut records) = (0, 0);
     for cycle in 0..CYCLES {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        let acks_before_kill = 1 + rng % 400;
+        let acks_before_kill = 1 + common::xorshift(&mut rng) % 400;
         let (a, r) = run_cycle(&exe, tmp.path(), cycle, acks_before_kill);
         acknowledged += a;
         records = r;

@@ -182,16 +182,21 @@ impl Shared {
         Ok(Some(range))
     }
 
-    /// Writes everything queued (by a round of its own once any running round is done).
-    pub(super) fn write_queued(&self) -> Result<(), LogError> {
+    /// The writer state once no round is running, or why the log takes no writes.
+    fn state_between_rounds(&self) -> Result<MutexGuard<'_, WriterState>, LogError> {
         let mut state = self.state();
         loop {
             state.check_open(&self.dir)?;
             if !state.leader {
-                break;
+                return Ok(state);
             }
             state = self.wakeup.wait(state).unwrap_or_else(PoisonError::into_inner);
         }
+    }
+
+    /// Writes everything queued (by a round of its own once any running round is done).
+    pub(super) fn write_queued(&self) -> Result<(), LogError> {
+        let state = self.state_between_rounds()?;
         if state.queued.is_empty() {
             return Ok(());
         }
@@ -201,14 +206,7 @@ impl Shared {
     /// Writes everything queued and fsyncs. With `only_if_due`, does nothing unless the policy's
     /// interval has passed with records unsynced. Returns whether it synced.
     pub(super) fn sync(&self, only_if_due: bool) -> Result<bool, LogError> {
-        let mut state = self.state();
-        loop {
-            state.check_open(&self.dir)?;
-            if !state.leader {
-                break;
-            }
-            state = self.wakeup.wait(state).unwrap_or_else(PoisonError::into_inner);
-        }
+        let state = self.state_between_rounds()?;
         let idle = state.queued.is_empty() && state.unsynced_records == 0;
         let due = match self.config.sync {
             SyncPolicy::Always => false,

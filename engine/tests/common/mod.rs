@@ -155,3 +155,31 @@ pub fn consumer(channel: &Arc<engine::Channel>, ready: u64) -> engine::Consumer 
     consumer.set_ready(ready);
     consumer
 }
+
+/// The `main` of a test that runs itself as a child (`harness = false`): answers `--list`, skips
+/// when a filter names another test, and returns the seed to use: from `seed_var`, or the clock.
+/// Prints the seed so a failing run can be reproduced.
+pub fn self_test_seed(name: &str, seed_var: &str) -> Option<u64> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--list") {
+        println!("{name}: test");
+        return None;
+    }
+    if args.iter().any(|a| !a.starts_with('-') && !name.contains(a.as_str())) {
+        return None;
+    }
+    let seed = std::env::var(seed_var).ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+            as u64
+    });
+    println!("{name}: seed {seed} ({seed_var}={seed} reproduces)");
+    Some(seed)
+}
+
+/// The next number of a xorshift generator (never zero when seeded non-zero).
+pub fn xorshift(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
