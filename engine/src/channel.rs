@@ -11,7 +11,7 @@
 //! deferred deliveries on time (see `queue::timers`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -118,7 +118,7 @@ impl Channel {
 
     pub(crate) fn inner(&self) -> MutexGuard<'_, Inner> {
         // Every update of the state completes before the lock is released.
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::sync::lock(&self.inner)
     }
 
     /// Wakes the consumers: something may have become deliverable.

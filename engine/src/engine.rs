@@ -20,10 +20,11 @@
 //! memory-queued records, fsyncs logs whose interval has passed, and checkpoints. Tests leave it
 //! off and call the same steps themselves, with a clock they move.
 
+use crate::sync::lock;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -83,10 +84,6 @@ pub(crate) struct EngineInner {
 pub struct Engine {
     inner: Arc<EngineInner>,
     background: Mutex<Option<JoinHandle<()>>>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Engine {
@@ -292,11 +289,11 @@ impl Drop for Engine {
 
 impl EngineInner {
     fn read_topics(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Topic>>> {
-        self.topics.read().unwrap_or_else(PoisonError::into_inner)
+        crate::sync::read(&self.topics)
     }
 
     fn write_topics(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<Topic>>> {
-        self.topics.write().unwrap_or_else(PoisonError::into_inner)
+        crate::sync::write(&self.topics)
     }
 
     fn topics(&self) -> Vec<Arc<Topic>> {

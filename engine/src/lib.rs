@@ -34,6 +34,7 @@ pub mod names;
 mod queue;
 pub mod stats;
 pub mod storage;
+mod sync;
 pub mod topic;
 
 pub use channel::{Channel, Consumer};

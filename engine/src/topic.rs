@@ -14,11 +14,12 @@
 //!   store, hold at most `max(mem-queue-size, 1)` undelivered messages (more are dropped, as NSQ
 //!   drops them) and go away with their last channel.
 
+use crate::sync::lock;
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 use crate::channel::Channel;
@@ -80,10 +81,6 @@ pub(crate) struct TopicParts {
     pub(crate) storage: Arc<dyn Storage>,
     pub(crate) engine: Weak<EngineInner>,
     pub(crate) record: TopicRecord,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Topic {
@@ -247,11 +244,11 @@ impl Topic {
     }
 
     fn read_channels(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Channel>>> {
-        self.channels.read().unwrap_or_else(PoisonError::into_inner)
+        crate::sync::read(&self.channels)
     }
 
     fn write_channels(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<Channel>>> {
-        self.channels.write().unwrap_or_else(PoisonError::into_inner)
+        crate::sync::write(&self.channels)
     }
 
     /// The channel `name`, created if it does not exist (SUB and `/channel/create`).

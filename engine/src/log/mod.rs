@@ -30,11 +30,12 @@ mod scan;
 mod segment;
 mod writer;
 
+use crate::sync::lock;
 use std::collections::BTreeSet;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::Duration;
 
 pub use error::LogError;
@@ -178,12 +179,6 @@ pub(crate) struct Shared {
     lost_records: AtomicU64,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // The writer state is updated between I/O steps, each update complete before it unlocks; a
-    // panicking thread leaves a state that is consistent, if behind.
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 impl TopicLog {
     /// Opens (creating if needed) the log in `dir`, recovering from a crash as FORMAT.md §5 says.
     /// Fails only on I/O errors, never because of damaged data.
@@ -273,7 +268,7 @@ impl TopicLog {
 
 impl Shared {
     fn segments(&self) -> Arc<Vec<Arc<Segment>>> {
-        Arc::clone(&self.segments.read().unwrap_or_else(PoisonError::into_inner))
+        Arc::clone(&crate::sync::read(&self.segments))
     }
 
     /// The segment holding `offset` (the last whose first offset is at or below it) and the first
@@ -360,7 +355,7 @@ impl Shared {
             // Unlist first: a reader that finds the segment listed must be able to open it.
             // Readers that opened it already keep reading their handle.
             {
-                let mut list = self.segments.write().unwrap_or_else(PoisonError::into_inner);
+                let mut list = crate::sync::write(&self.segments);
                 let kept: Vec<_> = list
                     .iter()
                     .filter(|s| s.first_offset != segment.first_offset)

@@ -1,8 +1,9 @@
 //! One segment file as the log tracks it in memory, and its sparse index.
 
+use crate::sync::lock;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use super::LogError;
 use super::scan::{ScanItem, Scanner};
@@ -52,12 +53,6 @@ pub struct Quarantined {
     pub len_bytes: u64,
     /// Offset of the last valid record before the damage, if any in the segment.
     pub after_offset: Option<u64>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Segment state is plain data, consistent between statements: a panic elsewhere leaves
-    // nothing half-updated here.
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Segment {

@@ -4,13 +4,14 @@
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, MutexGuard, OnceLock};
 use std::time::Instant;
 
 use super::segment::{FIRST_RECORD_POS, Segment};
-use super::{LogError, NewRecord, Shared, SyncPolicy, check_limits, lock, record_len};
+use super::{LogError, NewRecord, Shared, SyncPolicy, check_limits, record_len};
 use crate::format::{RecordRef, SegmentHeader, encode_record, segment_file_name};
 use crate::storage::{Storage, StorageFile, is_disk_full};
+use crate::sync::lock;
 
 /// Write buffers kept for reuse between rounds.
 const SPARE_BUFFERS_MAX: usize = 4;
@@ -156,7 +157,7 @@ impl Shared {
                 return Err(poisoned.clone());
             }
             state = if state.leader {
-                self.wakeup.wait(state).unwrap_or_else(PoisonError::into_inner)
+                crate::sync::wait(&self.wakeup, state)
             } else {
                 self.lead(state, false).0
             };
@@ -190,7 +191,7 @@ impl Shared {
             if !state.leader {
                 return Ok(state);
             }
-            state = self.wakeup.wait(state).unwrap_or_else(PoisonError::into_inner);
+            state = crate::sync::wait(&self.wakeup, state);
         }
     }
 
@@ -228,7 +229,7 @@ impl Shared {
         state.closed = true;
         loop {
             while state.leader {
-                state = self.wakeup.wait(state).unwrap_or_else(PoisonError::into_inner);
+                state = crate::sync::wait(&self.wakeup, state);
             }
             if state.queued.is_empty() && state.unsynced_records == 0 {
                 return Ok(());
@@ -391,7 +392,7 @@ impl Shared {
             segment.publish_len(*len);
         }
         if written.touched.len() > 1 {
-            let mut list = self.segments.write().unwrap_or_else(PoisonError::into_inner);
+            let mut list = crate::sync::write(&self.segments);
             let mut segments = Vec::clone(&list);
             segments.extend(written.touched[1..].iter().map(|(s, _)| Arc::clone(s)));
             *list = Arc::new(segments);

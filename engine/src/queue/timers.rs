@@ -8,16 +8,13 @@
 //! visit. Whoever sleeps until [`Timers::next_ns`] is woken through [`Wakeup`] when an earlier
 //! time is registered.
 
+use crate::sync::lock;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Condvar, Mutex, Weak};
 use std::time::Duration;
 
 use crate::channel::Channel;
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 /// Wakes the engine's background thread: a timer moved earlier, or queued records wait.
 #[derive(Debug, Default)]

@@ -171,7 +171,7 @@ impl SimStorage {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A test that panicked while holding the lock has failed already; its data is still the
         // best evidence there is.
-        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::sync::lock(&self.inner)
     }
 
     /// Simulates a crash: every file keeps its durable bytes plus what `choose` keeps of its
@@ -282,7 +282,7 @@ impl LockGuard for SimLock {}
 
 impl Drop for SimLock {
     fn drop(&mut self) {
-        let mut inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut inner = crate::sync::lock(&self.inner);
         if inner.generation == self.generation {
             inner.locks.remove(&self.path);
         }
@@ -291,7 +291,7 @@ impl Drop for SimLock {
 
 impl Drop for SimFile {
     fn drop(&mut self) {
-        let mut inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut inner = crate::sync::lock(&self.inner);
         if let Some(count) = inner.handles.get_mut(&self.id) {
             *count = count.saturating_sub(1);
             if *count == 0 {
@@ -304,7 +304,7 @@ impl Drop for SimFile {
 
 impl SimFile {
     fn with<T>(&self, f: impl FnOnce(&mut Inner, u64) -> io::Result<T>) -> io::Result<T> {
-        let mut inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut inner = crate::sync::lock(&self.inner);
         if inner.generation != self.generation {
             return Err(io::Error::other("handle from before a simulated crash"));
         }
