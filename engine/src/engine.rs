@@ -409,9 +409,14 @@ impl EngineInner {
         let mut floors = Vec::new();
         let mut first_error = None;
         for topic in self.topics() {
+            // An ephemeral topic has nothing to checkpoint; its retention follows live floors.
             match topic.checkpoint() {
                 Ok(Some(floor)) => floors.push((topic, floor)),
-                Ok(None) => {}
+                Ok(None) => {
+                    if let Err(error) = topic.trim_ephemeral() {
+                        first_error.get_or_insert(error);
+                    }
+                }
                 Err(error) => {
                     tracing::error!(topic = %topic.name(), %error, "checkpoint failed");
                     first_error.get_or_insert(error);
@@ -424,9 +429,6 @@ impl EngineInner {
             if let Err(error) = topic.apply_retention(floor, None) {
                 tracing::error!(topic = %topic.name(), %error, "retention failed");
             }
-        }
-        for topic in self.topics() {
-            topic.trim_ephemeral()?;
         }
         first_error.map_or(Ok(()), Err)
     }

@@ -230,8 +230,7 @@ impl Topic {
 
     /// Writes records queued by the memory queue, then wakes the channels.
     pub(crate) fn write_queued(&self) -> Result<(), EngineError> {
-        if self.core.log.stats().queued_records > 0 {
-            self.core.log.write_queued()?;
+        if self.core.log.write_queued()? {
             self.notify_channels();
         }
         Ok(())

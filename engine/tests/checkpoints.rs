@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Harness, consumer, publish, take_all, text, texts};
+use common::{Harness, consumer, finish_all, publish, take_all, text, texts};
 use engine::log::LogConfig;
 use engine::{Engine, EngineConfig, SyncPolicy};
 
@@ -126,9 +126,7 @@ fn checkpoints_never_refer_to_records_a_power_loss_can_take() {
         c.finish(&got[0].id).unwrap();
         engine.checkpoint().unwrap();
         publish(&topic, &["lost-1", "lost-2"]);
-        for delivery in take_all(&c) {
-            c.finish(&delivery.id).unwrap();
-        }
+        finish_all(&c);
         h.crash(engine);
     }
     let engine = h.open();
@@ -163,9 +161,7 @@ fn a_channel_checkpoint_does_not_grow_with_its_deferred_set() {
     assert_eq!(h.meta.len("deferred"), 2001);
     h.advance(Duration::from_secs(600));
     engine.fire_timers();
-    for delivery in take_all(&c) {
-        c.finish(&delivery.id).unwrap();
-    }
+    finish_all(&c);
     engine.checkpoint().unwrap();
     assert_eq!(h.meta.len("deferred"), 0, "finished messages leave the tree");
 }
@@ -252,9 +248,7 @@ fn a_segment_goes_only_when_every_channel_is_past_it() {
     publish_n(&topic, 30);
     assert_eq!(topic.log().stats().segments, 3);
     let f = consumer(&fast, 100);
-    for d in take_all(&f) {
-        f.finish(&d.id).unwrap();
-    }
+    finish_all(&f);
     engine.checkpoint().unwrap();
     assert_eq!(topic.log().stats().segments, 3, "the slow channel needs them all");
     let s = consumer(&slow, 100);

@@ -210,8 +210,9 @@ impl TopicLog {
         self.shared.append_queued(records, max_queued_records)
     }
 
-    /// Writes every queued record (without an fsync unless the policy asks for one).
-    pub fn write_queued(&self) -> Result<(), LogError> {
+    /// Writes every queued record (without an fsync unless the policy asks for one). Returns
+    /// whether there was anything to write.
+    pub fn write_queued(&self) -> Result<bool, LogError> {
         self.shared.write_queued()
     }
 

@@ -196,12 +196,12 @@ impl Shared {
     }
 
     /// Writes everything queued (by a round of its own once any running round is done).
-    pub(super) fn write_queued(&self) -> Result<(), LogError> {
+    pub(super) fn write_queued(&self) -> Result<bool, LogError> {
         let state = self.state_between_rounds()?;
         if state.queued.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
-        self.lead(state, false).1
+        self.lead(state, false).1.map(|()| true)
     }
 
     /// Writes everything queued and fsyncs. With `only_if_due`, does nothing unless the policy's

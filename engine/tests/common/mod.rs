@@ -141,6 +141,15 @@ pub fn take_all(consumer: &engine::Consumer) -> Vec<engine::Delivery> {
     std::iter::from_fn(|| consumer.next_message().unwrap()).collect()
 }
 
+/// Takes every message the consumer may have now and FINs each; returns how many.
+pub fn finish_all(consumer: &engine::Consumer) -> usize {
+    let deliveries = take_all(consumer);
+    for delivery in &deliveries {
+        consumer.finish(&delivery.id).unwrap();
+    }
+    deliveries.len()
+}
+
 pub fn text(delivery: &engine::Delivery) -> String {
     String::from_utf8(delivery.body.to_vec()).unwrap()
 }
