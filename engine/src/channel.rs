@@ -249,6 +249,12 @@ impl Channel {
         self.notify();
     }
 
+    /// The channel's end-to-end latency samples in the window, if measured.
+    pub(crate) fn latency_window(&self) -> Option<hdrhistogram::Histogram<u64>> {
+        let now_ns = self.ctx.clock.now_ns();
+        self.inner().latency.as_mut().map(|latency| latency.window(now_ns))
+    }
+
     /// Counters of the channel and its consumers.
     pub fn stats(&self) -> ChannelStats {
         let now_ns = self.ctx.clock.now_ns();
@@ -415,6 +421,12 @@ impl Consumer {
         let _ = self.changed.changed().await;
     }
 
+    /// Another receiver of this consumer's wake-ups, for a task that waits for messages while
+    /// another one holds the consumer (a connection's reader and its message pump).
+    pub fn listener(&self) -> ChangeListener {
+        ChangeListener { changed: self.changed.clone() }
+    }
+
     /// Whether there was a wake-up since the last [`Consumer::changed`]; clears it.
     pub fn take_changed(&mut self) -> bool {
         let changed = self.changed.has_changed().unwrap_or(false);
@@ -424,6 +436,22 @@ impl Consumer {
 
     pub fn stats(&self) -> Option<ConsumerStats> {
         self.channel.stats().consumers.into_iter().find(|c| c.id == self.id)
+    }
+}
+
+/// Wake-ups of one consumer, apart from the [`Consumer`] handle (see [`Consumer::listener`]).
+#[derive(Debug)]
+pub struct ChangeListener {
+    changed: watch::Receiver<()>,
+}
+
+impl ChangeListener {
+    /// Resolves when something may have become deliverable since the last call.
+    pub async fn changed(&mut self) {
+        // The sender lives as long as the channel; when it is gone, so is every message.
+        if self.changed.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 }
 

@@ -58,15 +58,40 @@ impl E2eLatency {
         self.current.saturating_record(value);
     }
 
-    pub(crate) fn quantiles(&mut self, quantiles: &[f64], now_ns: i64) -> LatencyQuantiles {
+    /// The samples of the window, in one histogram.
+    pub(crate) fn window(&mut self, now_ns: i64) -> Histogram<u64> {
         self.rotate(now_ns);
         let mut merged = self.previous.clone();
         // Both have the same bounds, so adding cannot fail.
         let _ = merged.add(&self.current);
+        merged
+    }
+
+    pub(crate) fn quantiles(&mut self, quantiles: &[f64], now_ns: i64) -> LatencyQuantiles {
+        LatencyQuantiles::of(&self.window(now_ns), quantiles)
+    }
+}
+
+impl LatencyQuantiles {
+    pub(crate) fn of(histogram: &Histogram<u64>, quantiles: &[f64]) -> Self {
         LatencyQuantiles {
-            count: merged.len(),
-            percentiles: quantiles.iter().map(|&q| (q, merged.value_at_quantile(q))).collect(),
+            count: histogram.len(),
+            percentiles: quantiles.iter().map(|&q| (q, histogram.value_at_quantile(q))).collect(),
         }
+    }
+
+    /// The quantiles over the windows of several channels together (a topic's figure).
+    pub(crate) fn merged<'a>(
+        windows: impl IntoIterator<Item = &'a Histogram<u64>>,
+        quantiles: &[f64],
+    ) -> Option<Self> {
+        let mut windows = windows.into_iter();
+        let mut merged = windows.next()?.clone();
+        for window in windows {
+            // Same bounds everywhere, so adding cannot fail.
+            let _ = merged.add(window);
+        }
+        Some(Self::of(&merged, quantiles))
     }
 }
 

@@ -37,7 +37,7 @@ pub mod storage;
 mod sync;
 pub mod topic;
 
-pub use channel::{Channel, Consumer};
+pub use channel::{ChangeListener, Channel, Consumer};
 pub use config::EngineConfig;
 pub(crate) use engine::{Context, EngineInner};
 pub use engine::{Engine, META_DIR_NAME, OpenReport, TOPICS_DIR_NAME};

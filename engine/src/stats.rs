@@ -20,6 +20,9 @@ pub struct TopicStats {
     pub dropped_count: u64,
     /// Channels, sorted by name.
     pub channels: Vec<ChannelStats>,
+    /// Over all channels' samples; `None` when the measurement is disabled or the topic has
+    /// no channel.
+    pub e2e_processing_latency: Option<LatencyQuantiles>,
     pub log: crate::log::LogStats,
 }
 

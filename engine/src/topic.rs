@@ -25,6 +25,7 @@ use std::time::Duration;
 use crate::channel::Channel;
 use crate::clock::duration_ns;
 use crate::error::EngineError;
+use crate::latency::LatencyQuantiles;
 use crate::log::{NewRecord, SegmentArchiver, TopicLog};
 use crate::meta::{ChannelRecord, MetaStore, TopicRecord};
 use crate::names::{is_ephemeral, is_valid_name};
@@ -377,7 +378,11 @@ impl Topic {
     /// Counters of the topic and its channels.
     pub fn stats(&self) -> TopicStats {
         let log = self.core.log.stats();
-        let channels: Vec<_> = self.channels().iter().map(|c| c.stats()).collect();
+        let live = self.channels();
+        let channels: Vec<_> = live.iter().map(|c| c.stats()).collect();
+        let windows: Vec<_> = live.iter().filter_map(|c| c.latency_window()).collect();
+        let e2e_processing_latency =
+            LatencyQuantiles::merged(&windows, &self.ctx.config.e2e_percentiles);
         let state = lock(&self.state).clone();
         let backend_depth = if channels.is_empty() {
             log.next_offset.saturating_sub(state.orphan_floor.max(log.oldest_offset))
@@ -396,6 +401,7 @@ impl Topic {
             message_bytes: self.message_bytes.load(Ordering::Relaxed),
             dropped_count: self.dropped_count.load(Ordering::Relaxed) + log.lost_records,
             channels,
+            e2e_processing_latency,
             log,
         }
     }

@@ -1,0 +1,551 @@
+//! nsqd's HTTP API, with its "V1" envelope: 200 with a raw body (or JSON for objects), errors as
+//! `{"message":"<TEXT>"}` with nsqd's status codes and texts, and `X-NSQ-Content-Type:
+//! nsq; version=1.0` on every reply but `/ping`. Parameters come from the query string only.
+//! Bodies are refused by their Content-Length before they are read, and read with a limit.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use engine::EngineError;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use protocol::ErrorCode;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::logging::LogLevel;
+use crate::nsqd::Nsqd;
+use crate::options::NSQ_VERSION;
+use crate::stats::{self, StatsQuery};
+
+type Shared = Arc<Nsqd>;
+
+pub(crate) async fn serve(nsqd: Shared, listener: TcpListener, shutdown: CancellationToken) {
+    let app = router(nsqd);
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await;
+    if let Err(error) = served {
+        tracing::error!(%error, "HTTP server failed");
+    }
+    tracing::info!("HTTP: closing");
+}
+
+fn router(nsqd: Shared) -> Router {
+    Router::new()
+        .route("/ping", get(ping))
+        .route("/info", get(info))
+        .route("/pub", post(publish))
+        .route("/mpub", post(mpub))
+        .route("/stats", get(stats_handler))
+        .route("/topic/create", post(topic_create))
+        .route("/topic/delete", post(topic_delete))
+        .route("/topic/empty", post(topic_empty))
+        .route("/topic/pause", post(topic_pause))
+        .route("/topic/unpause", post(topic_unpause))
+        .route("/channel/create", post(channel_create))
+        .route("/channel/delete", post(channel_delete))
+        .route("/channel/empty", post(channel_empty))
+        .route("/channel/pause", post(channel_pause))
+        .route("/channel/unpause", post(channel_unpause))
+        .route("/config/{opt}", get(config_get).put(config_put))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "NOT_FOUND").into_response() })
+        .method_not_allowed_fallback(|| async {
+            error(StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED").into_response()
+        })
+        .layer(middleware::from_fn(access_log))
+        .with_state(nsqd)
+}
+
+/// nsqd logs every request at INFO but publishes.
+async fn access_log(request: Request, next: Next) -> Response {
+    let quiet = matches!(request.uri().path(), "/pub" | "/mpub");
+    let method = request.method().clone();
+    let uri = request.uri().clone();
+    let start = Instant::now();
+    let response = next.run(request).await;
+    if !quiet {
+        tracing::info!("{} {method} {uri} {:?}", response.status().as_u16(), start.elapsed());
+    }
+    response
+}
+
+const NSQ_CONTENT_TYPE: HeaderValue = HeaderValue::from_static("nsq; version=1.0");
+const JSON_CONTENT_TYPE: HeaderValue = HeaderValue::from_static("application/json; charset=utf-8");
+
+fn v1(status: StatusCode, json: bool, body: Vec<u8>) -> Response {
+    let mut response = (status, body).into_response();
+    let headers = response.headers_mut();
+    if json {
+        headers.insert(header::CONTENT_TYPE, JSON_CONTENT_TYPE);
+    } else {
+        headers.remove(header::CONTENT_TYPE);
+    }
+    headers.insert("X-NSQ-Content-Type", NSQ_CONTENT_TYPE);
+    response
+}
+
+/// An error reply: `{"message":"<TEXT>"}` with its status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ApiError {
+    status: StatusCode,
+    message: &'static str,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        v1(self.status, true, json!({ "message": self.message }).to_string().into_bytes())
+    }
+}
+
+fn error(status: StatusCode, message: &'static str) -> ApiError {
+    ApiError { status, message }
+}
+
+fn ok_text(text: &str) -> Response {
+    v1(StatusCode::OK, false, text.as_bytes().to_vec())
+}
+
+fn ok_empty() -> Response {
+    v1(StatusCode::OK, false, Vec::new())
+}
+
+fn ok_json(value: &impl serde::Serialize) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(body) => v1(StatusCode::OK, true, body),
+        Err(_) => internal_error().into_response(),
+    }
+}
+
+type HttpResult = Result<Response, ApiError>;
+
+fn bad_request(message: &'static str) -> ApiError {
+    error(StatusCode::BAD_REQUEST, message)
+}
+
+fn internal_error() -> ApiError {
+    error(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR")
+}
+
+/// Runs engine work that may touch the disk off the async workers.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work).await.map_err(|_| internal_error())
+}
+
+/// The query string, parsed as Go's `url.ParseQuery` does: a malformed escape or a `;` is an
+/// error (400 `INVALID_REQUEST`).
+struct Query(Vec<(String, String)>);
+
+impl Query {
+    fn parse(raw: Option<&str>) -> Result<Query, ApiError> {
+        let raw = raw.unwrap_or("");
+        let bytes = raw.as_bytes();
+        let bad_escape = bytes.iter().enumerate().any(|(i, &b)| {
+            b == b'%'
+                && !(bytes.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                    && bytes.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+        });
+        if bad_escape || raw.contains(';') {
+            return Err(bad_request("INVALID_REQUEST"));
+        }
+        Ok(Query(form_urlencoded::parse(bytes).into_owned().collect()))
+    }
+
+    /// The first value of `key`, `None` when the key is absent (an empty value is present).
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    /// nsqd's boolean parameters: `true`/`1`/`false`/`0`; anything else counts as true.
+    fn flag(&self, key: &str, default: bool) -> bool {
+        match self.get(key) {
+            None => default,
+            Some("false" | "0") => false,
+            Some(_) => true,
+        }
+    }
+}
+
+/// Reads a body of at most `max` bytes: `Err(true)` when it is longer, `Err(false)` when it
+/// could not be read.
+async fn read_body(body: Body, max: u64) -> Result<Vec<u8>, bool> {
+    let limit = usize::try_from(max).unwrap_or(usize::MAX);
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes().to_vec()),
+        Err(error) => Err(error.downcast_ref::<LengthLimitError>().is_some()),
+    }
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+async fn ping(State(nsqd): State<Shared>) -> Response {
+    match nsqd.engine.health() {
+        None => (StatusCode::OK, "OK").into_response(),
+        Some(reason) => {
+            (StatusCode::INTERNAL_SERVER_ERROR, format!("NOK - {reason}")).into_response()
+        }
+    }
+}
+
+async fn info(State(nsqd): State<Shared>) -> Response {
+    let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+    let options = &nsqd.options;
+    ok_json(&json!({
+        "version": NSQ_VERSION,
+        "broadcast_address": nsqd.broadcast_address,
+        "hostname": nsqd.hostname,
+        "http_port": nsqd.http_port,
+        "tcp_port": nsqd.tcp_port,
+        "start_time": nsqd.start_time,
+        "max_heartbeat_interval": nanos(options.max_heartbeat_interval),
+        "max_output_buffer_size": options.max_output_buffer_size,
+        "max_output_buffer_timeout": nanos(options.max_output_buffer_timeout),
+        "max_deflate_level": options.max_deflate_level,
+        "topology_zone": "",
+        "topology_region": "",
+    }))
+}
+
+/// `topic` for `/pub`, `/mpub` and `/topic/create`: present and valid; the topic is created.
+async fn topic_from_query(nsqd: &Shared, query: &Query) -> Result<Arc<engine::Topic>, ApiError> {
+    let name = query.get("topic").ok_or_else(|| bad_request("MISSING_ARG_TOPIC"))?;
+    if !engine::names::is_valid_name(name) {
+        return Err(bad_request("INVALID_TOPIC"));
+    }
+    if let Some(topic) = nsqd.engine.get_topic(name) {
+        return Ok(topic);
+    }
+    let engine = Arc::clone(&nsqd.engine);
+    let name = name.to_owned();
+    blocking(move || engine.topic(&name)).await?.map_err(|e| engine_error(&e))
+}
+
+fn engine_error(failure: &EngineError) -> ApiError {
+    match failure {
+        EngineError::Exiting(_) => error_exiting(),
+        EngineError::TopicNotFound(_) => error(StatusCode::NOT_FOUND, "TOPIC_NOT_FOUND"),
+        EngineError::ChannelNotFound { .. } => error(StatusCode::NOT_FOUND, "CHANNEL_NOT_FOUND"),
+        other => {
+            tracing::error!(error = %other, "HTTP request failed");
+            internal_error()
+        }
+    }
+}
+
+fn error_exiting() -> ApiError {
+    error(StatusCode::SERVICE_UNAVAILABLE, "EXITING")
+}
+
+/// Publishes off the async workers when the publish waits for a write.
+async fn put(
+    nsqd: &Shared,
+    topic: Arc<engine::Topic>,
+    bodies: Vec<Vec<u8>>,
+    defer: Duration,
+) -> HttpResult {
+    if bodies.is_empty() {
+        return Ok(ok_text("OK"));
+    }
+    let publish = move || {
+        let refs: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
+        topic.publish(&refs, defer)
+    };
+    let result =
+        if nsqd.options.mem_queue_size == 0 { blocking(publish).await? } else { publish() };
+    result.map(|_| ok_text("OK")).map_err(|e| engine_error(&e))
+}
+
+async fn publish(
+    State(nsqd): State<Shared>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> HttpResult {
+    let max = nsqd.options.max_msg_size;
+    if content_length(&headers).is_some_and(|len| len > max) {
+        return Err(error(StatusCode::PAYLOAD_TOO_LARGE, "MSG_TOO_BIG"));
+    }
+    let body = read_body(body, max).await.map_err(|too_big| {
+        if too_big { error(StatusCode::PAYLOAD_TOO_LARGE, "MSG_TOO_BIG") } else { internal_error() }
+    })?;
+    if body.is_empty() {
+        return Err(bad_request("MSG_EMPTY"));
+    }
+    let query = Query::parse(raw.as_deref())?;
+    let topic = topic_from_query(&nsqd, &query).await?;
+    let mut defer = Duration::ZERO;
+    if let Some(text) = query.get("defer") {
+        let ms: i64 = text.parse().map_err(|_| bad_request("INVALID_DEFER"))?;
+        let ms = u64::try_from(ms).map_err(|_| bad_request("INVALID_DEFER"))?;
+        defer = Duration::from_millis(ms);
+        if defer > nsqd.options.max_req_timeout {
+            return Err(bad_request("INVALID_DEFER"));
+        }
+    }
+    put(&nsqd, topic, vec![body], defer).await
+}
+
+async fn mpub(
+    State(nsqd): State<Shared>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> HttpResult {
+    let (max_body, max_msg) = (nsqd.options.max_body_size, nsqd.options.max_msg_size);
+    if content_length(&headers).is_some_and(|len| len > max_body) {
+        return Err(error(StatusCode::PAYLOAD_TOO_LARGE, "BODY_TOO_BIG"));
+    }
+    let query = Query::parse(raw.as_deref())?;
+    let topic = topic_from_query(&nsqd, &query).await?;
+    let body = read_body(body, max_body).await.map_err(|too_big| {
+        if too_big {
+            error(StatusCode::PAYLOAD_TOO_LARGE, "BODY_TOO_BIG")
+        } else {
+            internal_error()
+        }
+    })?;
+    let bodies: Vec<Vec<u8>> = if query.flag("binary", false) {
+        // nsqd answers with the TCP error code without its `E_`.
+        let messages = protocol::mpub::decode_mpub(&body, max_msg, max_body).map_err(|e| {
+            let message = if e.code == ErrorCode::BadMessage { "BAD_MESSAGE" } else { "BAD_BODY" };
+            error(StatusCode::PAYLOAD_TOO_LARGE, message)
+        })?;
+        messages.into_iter().map(<[u8]>::to_vec).collect()
+    } else {
+        let mut bodies = Vec::new();
+        for line in body.split(|&b| b == b'\n') {
+            if line.is_empty() {
+                continue;
+            }
+            if u64::try_from(line.len()).unwrap_or(u64::MAX) > max_msg {
+                return Err(error(StatusCode::PAYLOAD_TOO_LARGE, "MSG_TOO_BIG"));
+            }
+            bodies.push(line.to_vec());
+        }
+        bodies
+    };
+    put(&nsqd, topic, bodies, Duration::ZERO).await
+}
+
+async fn stats_handler(State(nsqd): State<Shared>, RawQuery(raw): RawQuery) -> HttpResult {
+    let query = Query::parse(raw.as_deref())?;
+    let request = StatsQuery {
+        topic: query.get("topic").unwrap_or_default().to_owned(),
+        channel: query.get("channel").unwrap_or_default().to_owned(),
+        include_clients: query.flag("include_clients", true),
+        include_mem: query.flag("include_mem", true),
+    };
+    let json = query.get("format") == Some("json");
+    let collected = {
+        let nsqd = Arc::clone(&nsqd);
+        blocking(move || stats::collect(&nsqd, &request)).await?
+    };
+    if json { Ok(ok_json(&collected)) } else { Ok(ok_text(&stats::text(&collected))) }
+}
+
+async fn topic_create(State(nsqd): State<Shared>, RawQuery(raw): RawQuery) -> HttpResult {
+    let query = Query::parse(raw.as_deref())?;
+    topic_from_query(&nsqd, &query).await?;
+    Ok(ok_empty())
+}
+
+async fn topic_delete(State(nsqd): State<Shared>, RawQuery(raw): RawQuery) -> HttpResult {
+    let query = Query::parse(raw.as_deref())?;
+    let name = query.get("topic").ok_or_else(|| bad_request("MISSING_ARG_TOPIC"))?.to_owned();
+    let engine = Arc::clone(&nsqd.engine);
+    blocking(move || engine.delete_topic(&name)).await?.map_err(|e| match e {
+        EngineError::TopicNotFound(_) | EngineError::InvalidTopicName(_) => {
+            error(StatusCode::NOT_FOUND, "TOPIC_NOT_FOUND")
+        }
+        other => engine_error(&other),
+    })?;
+    Ok(ok_empty())
+}
+
+/// The existing topic named by `topic`, validated first when `validate`.
+fn existing_topic(
+    nsqd: &Shared,
+    query: &Query,
+    validate: bool,
+) -> Result<Arc<engine::Topic>, ApiError> {
+    let name = query.get("topic").ok_or_else(|| bad_request("MISSING_ARG_TOPIC"))?;
+    if validate && !engine::names::is_valid_name(name) {
+        return Err(bad_request("INVALID_TOPIC"));
+    }
+    nsqd.engine.get_topic(name).ok_or_else(|| error(StatusCode::NOT_FOUND, "TOPIC_NOT_FOUND"))
+}
+
+async fn topic_empty(State(nsqd): State<Shared>, RawQuery(raw): RawQuery) -> HttpResult {
+    let query = Query::parse(raw.as_deref())?;
+    let topic = existing_topic(&nsqd, &query, true)?;
+    blocking(move || topic.empty()).await?.map_err(|e| engine_error(&e))?;
+    Ok(ok_empty())
+}
+
+async fn topic_pause(State(nsqd): State<Shared>, RawQuery(raw): RawQuery) -> HttpResult {
+    set_topic_paused(&nsqd, raw, true).await
+}
+
+async fn topic_unpause(State(nsqd): State<Shared>, RawQuery(raw): RawQuery) -> HttpResult {
+    set_topic_paused(&nsqd, raw, false).await
+}
+
+async fn set_topic_paused(nsqd: &Shared, raw: Option<String>, paused: bool) -> HttpResult {
+    let query = Query::parse(raw.as_deref())?;
+    let topic = existing_topic(nsqd, &query, false)?;
+    let result = blocking(move || if paused { topic.pause() } else { topic.unpause() }).await?;
+    result.map_err(|e| engine_error(&e))?;
+    Ok(ok_empty())
+}
+
+/// `topic` and `channel` for the `/channel/*` endpoints, both checked, the topic existing.
+fn channel_args(
+    nsqd: &Shared,
+    raw: Option<&str>,
+) -> Result<(Arc<engine::Topic>, String), ApiError> {
+    let query = Query::parse(raw)?;
+    let topic = query.get("topic").ok_or_else(|| bad_request("MISSING_ARG_TOPIC"))?;
+    if !engine::names::is_valid_name(topic) {
+        return Err(bad_request("INVALID_ARG_TOPIC"));
+    }
+    let channel = query.get("channel").ok_or_else(|| bad_request("MISSING_ARG_CHANNEL"))?;
+    if !engine::names::is_valid_name(channel) {
+        return Err(bad_request("INVALID_ARG_CHANNEL"));
+    }
+    let topic = nsqd
+        .engine
+        .get_topic(topic)
+        .ok_or_else(|| error(StatusCode::NOT_FOUND, "TOPIC_NOT_FOUND"))?;
+    Ok((topic, channel.to_owned()))
+}
+
+fn existing_channel(topic: &engine::Topic, name: &str) -> Result<Arc<engine::Channel>, ApiError> {
+    topic.get_channel(name).ok_or_else(|| error(StatusCode::NOT_FOUND, "CHANNEL_NOT_FOUND"))
+}
+
+async fn channel_create(State(nsqd): State<Shared>, RawQuery(raw): RawQuery) -> HttpResult {
+    let (topic, channel) = channel_args(&nsqd, raw.as_deref())?;
+    blocking(move || topic.channel(&channel)).await?.map_err(|e| engine_error(&e))?;
+    Ok(ok_empty())
+}
+
+async fn channel_delete(State(nsqd): State<Shared>, RawQuery(raw): RawQuery) -> HttpResult {
+    let (topic, channel) = channel_args(&nsqd, raw.as_deref())?;
+    blocking(move || topic.delete_channel(&channel)).await?.map_err(|e| engine_error(&e))?;
+    Ok(ok_empty())
+}
+
+async fn channel_empty(State(nsqd): State<Shared>, RawQuery(raw): RawQuery) -> HttpResult {
+    let (topic, channel) = channel_args(&nsqd, raw.as_deref())?;
+    let channel = existing_channel(&topic, &channel)?;
+    blocking(move || channel.empty()).await?.map_err(|e| engine_error(&e))?;
+    Ok(ok_empty())
+}
+
+async fn channel_pause(State(nsqd): State<Shared>, RawQuery(raw): RawQuery) -> HttpResult {
+    set_channel_paused(&nsqd, raw, true).await
+}
+
+async fn channel_unpause(State(nsqd): State<Shared>, RawQuery(raw): RawQuery) -> HttpResult {
+    set_channel_paused(&nsqd, raw, false).await
+}
+
+async fn set_channel_paused(nsqd: &Shared, raw: Option<String>, paused: bool) -> HttpResult {
+    let (topic, channel) = channel_args(nsqd, raw.as_deref())?;
+    let channel = existing_channel(&topic, &channel)?;
+    let result = blocking(move || if paused { channel.pause() } else { channel.unpause() }).await?;
+    result.map_err(|e| engine_error(&e))?;
+    Ok(ok_empty())
+}
+
+async fn config_get(State(nsqd): State<Shared>, Path(opt): Path<String>) -> HttpResult {
+    let value = config_value(&nsqd, &opt).ok_or_else(|| bad_request("INVALID_OPTION"))?;
+    Ok(ok_json(&value))
+}
+
+async fn config_put(
+    State(nsqd): State<Shared>,
+    Path(opt): Path<String>,
+    method: Method,
+    body: Body,
+) -> HttpResult {
+    debug_assert_eq!(method, Method::PUT);
+    let body = read_body(body, nsqd.options.max_msg_size).await.map_err(|too_big| {
+        if too_big {
+            error(StatusCode::PAYLOAD_TOO_LARGE, "INVALID_VALUE")
+        } else {
+            internal_error()
+        }
+    })?;
+    if body.is_empty() {
+        return Err(error(StatusCode::PAYLOAD_TOO_LARGE, "INVALID_VALUE"));
+    }
+    match opt.as_str() {
+        "log_level" => {
+            let level = std::str::from_utf8(&body)
+                .ok()
+                .and_then(LogLevel::parse)
+                .ok_or_else(|| bad_request("INVALID_VALUE"))?;
+            nsqd.log.set_level(level).map_err(|_| internal_error())?;
+        }
+        // Changing lookupd peers at run time needs lookupd support, which this nsqd has not.
+        _ => return Err(bad_request("INVALID_OPTION")),
+    }
+    config_get(State(nsqd), Path(opt)).await
+}
+
+/// An option's value by its config-file name, JSON-encoded as nsqd encodes it (durations as
+/// integer nanoseconds).
+fn config_value(nsqd: &Nsqd, name: &str) -> Option<Value> {
+    let o = &nsqd.options;
+    let nanos = |d: Duration| json!(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    Some(match name {
+        "log_level" => json!(nsqd.log.level() as u8),
+        "log_prefix" => json!(o.log_prefix),
+        "verbose" => json!(o.verbose),
+        "id" => json!(nsqd.node_id),
+        "https_address" => json!(o.https_address),
+        "http_address" => json!(o.http_address),
+        "tcp_address" => json!(o.tcp_address),
+        "broadcast_address" => json!(nsqd.broadcast_address),
+        "broadcast_tcp_port" => json!(o.broadcast_tcp_port),
+        "broadcast_http_port" => json!(o.broadcast_http_port),
+        "nsqlookupd_tcp_addresses" => json!([]),
+        "data_path" => json!(o.data_path.display().to_string()),
+        "mem_queue_size" => json!(o.mem_queue_size),
+        "max_bytes_per_file" => json!(o.max_bytes_per_file),
+        "sync_every" => json!(o.sync_every),
+        "sync_timeout" => nanos(o.sync_timeout),
+        "queue_scan_worker_pool_max" => json!(o.queue_scan_worker_pool_max),
+        "queue_scan_selection_count" => json!(o.queue_scan_selection_count),
+        "msg_timeout" => nanos(o.msg_timeout),
+        "max_msg_timeout" => nanos(o.max_msg_timeout),
+        "max_msg_size" => json!(o.max_msg_size),
+        "max_req_timeout" => nanos(o.max_req_timeout),
+        "max_body_size" => json!(o.max_body_size),
+        "max_heartbeat_interval" => nanos(o.max_heartbeat_interval),
+        "max_rdy_count" => json!(o.max_rdy_count),
+        "max_output_buffer_size" => json!(o.max_output_buffer_size),
+        "max_output_buffer_timeout" => nanos(o.max_output_buffer_timeout),
+        "min_output_buffer_timeout" => nanos(o.min_output_buffer_timeout),
+        "output_buffer_timeout" => nanos(o.output_buffer_timeout),
+        "max_channel_consumers" => json!(o.max_channel_consumers),
+        "e2e_processing_latency_percentiles" => json!(o.e2e_processing_latency_percentiles),
+        "e2e_processing_latency_window_time" => nanos(o.e2e_processing_latency_window_time),
+        "deflate" => json!(o.deflate),
+        "max_deflate_level" => json!(o.max_deflate_level),
+        "snappy" => json!(o.snappy),
+        _ => return None,
+    })
+}

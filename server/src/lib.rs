@@ -1,0 +1,22 @@
+//! nsqd on the nsq-rs engine: NSQ's TCP protocol V2 and HTTP API over [`engine`], wire
+//! compatible with NSQ so that its clients and tools work unchanged.
+//!
+//! The server is an adapter (DESIGN.md §4): it parses frames and requests, makes one engine
+//! call, and writes the reply. Queueing, persistence and timers are the engine's.
+//!
+//! - [`options`]: the command line and config file, with NSQ's names and defaults.
+//! - [`nsqd`]: the daemon: listeners, shared state, shutdown.
+//! - `tcp`: protocol V2 (reader, message pump, commands).
+//! - `http`: the HTTP API; `stats`: `/stats`.
+//! - [`logging`]: nsqd-shaped log lines on stderr.
+
+mod clients;
+mod http;
+pub mod logging;
+pub mod nsqd;
+pub mod options;
+pub mod stats;
+mod tcp;
+
+pub use nsqd::{Nsqd, RunningNsqd};
+pub use options::Options;

@@ -1,0 +1,166 @@
+//! The daemon: the engine, the options, the connected clients, and the listeners serving them.
+//!
+//! [`Nsqd::start`] binds the TCP and HTTP listeners (port 0 picks a free port; the real one is
+//! logged and returned) and serves until [`RunningNsqd::shutdown`], which follows nsqd's order:
+//! stop accepting, close every client connection (their in-flight messages go back to their
+//! channels), stop HTTP, then close the engine, which writes what is queued and checkpoints.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use engine::Engine;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::clients::Clients;
+use crate::logging::LogControl;
+use crate::options::Options;
+
+/// What every connection and request handler shares.
+#[derive(Debug)]
+pub struct Nsqd {
+    pub(crate) engine: Arc<Engine>,
+    pub(crate) options: Options,
+    pub(crate) clients: Clients,
+    /// Unix seconds.
+    pub(crate) start_time: i64,
+    pub(crate) hostname: String,
+    pub(crate) broadcast_address: String,
+    pub(crate) tcp_port: u16,
+    pub(crate) http_port: u16,
+    /// `--node-id`, or a hash of the host name as nsqd does (shown by `/config/id`; message
+    /// IDs here are log offsets and do not need it).
+    pub(crate) node_id: i64,
+    pub(crate) log: LogControl,
+}
+
+impl Nsqd {
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    pub fn options(&self) -> &Options {
+        &self.options
+    }
+
+    /// Binds the listeners and starts serving. The engine's background work (timers, queued
+    /// writes, checkpoints) is the caller's to start: the binary starts it, tests drive it.
+    pub async fn start(
+        options: Options,
+        engine: Arc<Engine>,
+        log: LogControl,
+    ) -> anyhow::Result<RunningNsqd> {
+        let tcp = TcpListener::bind(&options.tcp_address)
+            .await
+            .with_context(|| format!("listen ({}) failed", options.tcp_address))?;
+        let tcp_addr = tcp.local_addr()?;
+        let http = if options.http_address.is_empty() {
+            None
+        } else {
+            let listener = TcpListener::bind(&options.http_address)
+                .await
+                .with_context(|| format!("listen ({}) failed", options.http_address))?;
+            Some(listener)
+        };
+        let http_addr = http.as_ref().map(TcpListener::local_addr).transpose()?;
+        let hostname = hostname();
+        let broadcast_address =
+            options.broadcast_address.clone().unwrap_or_else(|| hostname.clone());
+        let tcp_port = if options.broadcast_tcp_port != 0 {
+            options.broadcast_tcp_port
+        } else {
+            tcp_addr.port()
+        };
+        let http_port = match (options.broadcast_http_port, http_addr) {
+            (0, Some(addr)) => addr.port(),
+            (port, _) => port,
+        };
+        let start_time = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        let node_id = options
+            .node_id
+            .unwrap_or_else(|| i64::from(crc32c::crc32c(hostname.as_bytes()) % 1024));
+        let nsqd = Arc::new(Nsqd {
+            engine,
+            options,
+            clients: Clients::default(),
+            start_time,
+            hostname,
+            broadcast_address,
+            tcp_port,
+            http_port,
+            node_id,
+            log,
+        });
+
+        let shutdown = CancellationToken::new();
+        let connections = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        tracing::info!("TCP: listening on {tcp_addr}");
+        tasks.spawn(crate::tcp::accept_loop(
+            Arc::clone(&nsqd),
+            tcp,
+            shutdown.clone(),
+            connections.clone(),
+        ));
+        if let (Some(listener), Some(addr)) = (http, http_addr) {
+            tracing::info!("HTTP: listening on {addr}");
+            tasks.spawn(crate::http::serve(Arc::clone(&nsqd), listener, shutdown.clone()));
+        }
+        Ok(RunningNsqd { nsqd, tcp_addr, http_addr, shutdown, connections, tasks })
+    }
+}
+
+/// A serving nsqd.
+#[derive(Debug)]
+pub struct RunningNsqd {
+    nsqd: Arc<Nsqd>,
+    tcp_addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
+    shutdown: CancellationToken,
+    connections: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+/// How long shutdown waits for connections and HTTP requests to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+impl RunningNsqd {
+    pub fn tcp_addr(&self) -> SocketAddr {
+        self.tcp_addr
+    }
+
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
+    pub fn nsqd(&self) -> &Arc<Nsqd> {
+        &self.nsqd
+    }
+
+    /// Stops accepting, closes every connection, stops HTTP, and closes the engine.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.connections.cancel();
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("connections still open after {SHUTDOWN_GRACE:?}; closing anyway");
+            self.tasks.abort_all();
+        }
+        let engine = Arc::clone(&self.nsqd.engine);
+        tokio::task::spawn_blocking(move || engine.close()).await??;
+        Ok(())
+    }
+}
+
+/// The machine's host name, as nsqd reports it.
+pub fn hostname() -> String {
+    rustix::system::uname().nodename().to_string_lossy().into_owned()
+}

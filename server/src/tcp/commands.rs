@@ -1,0 +1,534 @@
+//! The V2 commands, one handler each, checking state, parameters and body in nsqd's order
+//! (which error a client sees first is part of the protocol) with nsqd's error texts. Each
+//! handler then makes one engine call.
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+use engine::{EngineError, MessageError, Topic};
+use protocol::command::{message_id, parse_base10};
+use protocol::identify::{IdentifyRequest, IdentifyResponse};
+use protocol::{ErrorCode, ProtocolError};
+
+use super::connection::{Connection, Failure};
+use super::pump::{PumpEvent, Settings};
+use crate::clients::{STATE_CLOSING, STATE_INIT, STATE_SUBSCRIBED, Subscription};
+use crate::options::NSQ_VERSION;
+
+type Reply = Result<Option<Vec<u8>>, Failure>;
+
+fn ok() -> Reply {
+    Ok(Some(protocol::OK.to_vec()))
+}
+
+fn error(code: ErrorCode, text: impl Into<String>) -> Failure {
+    Failure::Protocol(ProtocolError::new(code, text))
+}
+
+fn invalid(text: impl Into<String>) -> Failure {
+    error(ErrorCode::Invalid, text)
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The reason nsqd gives when a publish or subscribe fails.
+fn engine_reason(error: &EngineError) -> String {
+    match error {
+        EngineError::Exiting(_) => "exiting".to_owned(),
+        other => other.to_string(),
+    }
+}
+
+/// Runs engine work that may wait for the disk off the async workers.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, EngineError> + Send + 'static,
+) -> Result<T, EngineError> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result,
+        Err(join) => Err(EngineError::Io {
+            op: "engine task",
+            path: Default::default(),
+            source: std::io::Error::other(join.to_string()),
+        }),
+    }
+}
+
+impl Connection {
+    pub(crate) async fn exec(&mut self, params: &[&[u8]]) -> Reply {
+        let name = params.first().copied().unwrap_or_default();
+        match name {
+            b"IDENTIFY" => self.identify().await,
+            b"FIN" => self.fin(params),
+            b"RDY" => self.rdy(params),
+            b"REQ" => self.req(params),
+            b"PUB" => self.publish(params, PubKind::Pub).await,
+            b"MPUB" => self.mpub(params).await,
+            b"DPUB" => self.publish(params, PubKind::Dpub).await,
+            b"NOP" => Ok(None),
+            b"TOUCH" => self.touch(params),
+            b"SUB" => self.sub(params).await,
+            b"CLS" => self.cls(),
+            b"AUTH" => self.auth(params).await,
+            other => Err(invalid(format!("invalid command {}", text(other)))),
+        }
+    }
+
+    fn state(&self) -> i32 {
+        self.client.state()
+    }
+
+    /// Reads a body whose size must be in `1..=max`; `too_big` is checked first for IDENTIFY
+    /// and AUTH, as nsqd does.
+    async fn read_checked_body(
+        &mut self,
+        code: ErrorCode,
+        what: &str,
+        max: u64,
+        too_big_first: bool,
+    ) -> Result<Vec<u8>, Failure> {
+        let size = match self.read_size().await {
+            Ok(size) => size,
+            Err(_) => return Err(error(code, format!("{what} failed to read body size"))),
+        };
+        let too_big = u64::try_from(size).is_ok_and(|s| s > max);
+        let (empty_text, big_text) = (
+            format!("{what} invalid body size {size}"),
+            format!("{what} body too big {size} > {max}"),
+        );
+        if too_big_first && too_big {
+            return Err(error(code, big_text));
+        }
+        if size <= 0 {
+            return Err(error(code, empty_text));
+        }
+        if too_big {
+            return Err(error(code, big_text));
+        }
+        let size = usize::try_from(size).unwrap_or(0);
+        self.read_body(size).await.map_err(|_| error(code, format!("{what} failed to read body")))
+    }
+
+    async fn identify(&mut self) -> Reply {
+        if self.state() != STATE_INIT {
+            return Err(invalid("cannot IDENTIFY in current state"));
+        }
+        let max = self.nsqd.options.max_body_size;
+        let body = self.read_checked_body(ErrorCode::BadBody, "IDENTIFY", max, true).await?;
+        let request: IdentifyRequest = serde_json::from_slice(&body)
+            .map_err(|_| error(ErrorCode::BadBody, "IDENTIFY failed to decode JSON body"))?;
+        tracing::info!("[{}] IDENTIFY: {request:?}", self.client.remote);
+        {
+            let mut meta = self.client.meta();
+            meta.client_id.clone_from(&request.client_id);
+            meta.hostname.clone_from(&request.hostname);
+            meta.user_agent.clone_from(&request.user_agent);
+            meta.topology_region.clone_from(&request.topology_region);
+            meta.topology_zone.clone_from(&request.topology_zone);
+        }
+        let settings = self
+            .negotiate(&request)
+            .map_err(|e| error(ErrorCode::BadBody, format!("IDENTIFY {e}")))?;
+        self.settings = settings;
+        self.client.meta().sample_rate = settings.sample_rate;
+        self.writer
+            .lock()
+            .await
+            .configure(settings.output_buffer_size, settings.heartbeat_interval);
+        if !self.identified {
+            self.identified = true;
+            let _ = self.events.send(PumpEvent::Identify(settings));
+        }
+        if !request.feature_negotiation {
+            return ok();
+        }
+        let options = &self.nsqd.options;
+        let millis = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        // TLS, snappy and deflate are not offered by this server (yet): always false.
+        let response = IdentifyResponse {
+            max_rdy_count: i64::try_from(options.max_rdy_count).unwrap_or(i64::MAX),
+            version: NSQ_VERSION.to_owned(),
+            max_msg_timeout: millis(options.max_msg_timeout),
+            msg_timeout: millis(settings.msg_timeout),
+            tls_v1: false,
+            deflate: false,
+            deflate_level: 6.min(options.max_deflate_level),
+            max_deflate_level: options.max_deflate_level,
+            snappy: false,
+            sample_rate: settings.sample_rate,
+            auth_required: false,
+            output_buffer_size: i64::try_from(settings.output_buffer_size).unwrap_or(i64::MAX),
+            output_buffer_timeout: settings.output_buffer_timeout.map_or(0, millis),
+            topology_region: String::new(),
+            topology_zone: String::new(),
+        };
+        let json = serde_json::to_vec(&response)
+            .map_err(|e| error(ErrorCode::IdentifyFailed, format!("IDENTIFY failed {e}")))?;
+        Ok(Some(json))
+    }
+
+    /// The settings an IDENTIFY asks for, checked against the server's bounds in nsqd's order.
+    fn negotiate(&self, request: &IdentifyRequest) -> Result<Settings, String> {
+        let options = &self.nsqd.options;
+        let millis = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        let ms = |v: i64| Duration::from_millis(u64::try_from(v).unwrap_or(0));
+        let mut settings = self.settings;
+        match request.heartbeat_interval {
+            -1 => settings.heartbeat_interval = None,
+            0 => {}
+            v if v >= 1000 && v <= millis(options.max_heartbeat_interval) => {
+                settings.heartbeat_interval = Some(ms(v));
+            }
+            v => return Err(format!("heartbeat interval ({v}) is invalid")),
+        }
+        match request.output_buffer_timeout {
+            -1 => settings.output_buffer_timeout = None,
+            0 => {}
+            v if v >= millis(options.min_output_buffer_timeout)
+                && v <= millis(options.max_output_buffer_timeout) =>
+            {
+                settings.output_buffer_timeout = Some(ms(v));
+            }
+            v => return Err(format!("output buffer timeout ({v}) is invalid")),
+        }
+        match request.output_buffer_size {
+            -1 => {
+                settings.output_buffer_size = 1;
+                settings.output_buffer_timeout = None;
+            }
+            0 => {}
+            v if v >= 64 && u64::try_from(v).is_ok_and(|v| v <= options.max_output_buffer_size) => {
+                settings.output_buffer_size = usize::try_from(v).unwrap_or(usize::MAX);
+            }
+            v => return Err(format!("output buffer size ({v}) is invalid")),
+        }
+        if !(0..=99).contains(&request.sample_rate) {
+            return Err(format!("sample rate ({}) is invalid", request.sample_rate));
+        }
+        settings.sample_rate = request.sample_rate;
+        match request.msg_timeout {
+            0 => {}
+            v if v >= 1000 && v <= millis(options.max_msg_timeout) => {
+                settings.msg_timeout = ms(v);
+            }
+            v => return Err(format!("msg timeout ({v}) is invalid")),
+        }
+        Ok(settings)
+    }
+
+    async fn auth(&mut self, params: &[&[u8]]) -> Reply {
+        if self.state() != STATE_INIT {
+            return Err(invalid("cannot AUTH in current state"));
+        }
+        if params.len() != 1 {
+            return Err(invalid("AUTH invalid number of parameters"));
+        }
+        let max = self.nsqd.options.max_body_size;
+        self.read_checked_body(ErrorCode::BadBody, "AUTH", max, true).await?;
+        Err(error(ErrorCode::AuthDisabled, "AUTH disabled"))
+    }
+
+    async fn sub(&mut self, params: &[&[u8]]) -> Reply {
+        if self.state() != STATE_INIT {
+            return Err(invalid("cannot SUB in current state"));
+        }
+        if self.settings.heartbeat_interval.is_none() {
+            return Err(invalid("cannot SUB with heartbeats disabled"));
+        }
+        if params.len() < 3 {
+            return Err(invalid("SUB insufficient number of parameters"));
+        }
+        let topic_name = text(params[1]);
+        if !engine::names::is_valid_name(&topic_name) {
+            return Err(error(
+                ErrorCode::BadTopic,
+                format!("SUB topic name {topic_name:?} is not valid"),
+            ));
+        }
+        let channel_name = text(params[2]);
+        if !engine::names::is_valid_name(&channel_name) {
+            return Err(error(
+                ErrorCode::BadChannel,
+                format!("SUB channel name {channel_name:?} is not valid"),
+            ));
+        }
+        let sub_failed = |e: &EngineError| {
+            error(ErrorCode::SubFailed, format!("SUB failed {}", engine_reason(e)))
+        };
+        // An ephemeral channel or topic may be going away as its last consumer leaves: like
+        // nsqd, try once more a little later before giving up.
+        let mut attempt = 0;
+        let consumer = loop {
+            attempt += 1;
+            let engine = Arc::clone(&self.nsqd.engine);
+            let (topic, channel) = (topic_name.clone(), channel_name.clone());
+            let max_consumers = self.nsqd.options.max_channel_consumers;
+            let msg_timeout = self.settings.msg_timeout;
+            let result = blocking(move || {
+                let channel = engine.topic(&topic)?.channel(&channel)?;
+                if max_consumers > 0 && channel.stats().client_count >= max_consumers {
+                    return Ok(Err(format!(
+                        "consumers for {topic}:{} exceeds limit of {max_consumers}",
+                        channel.name()
+                    )));
+                }
+                Ok(Ok(channel.subscribe(Some(msg_timeout))?))
+            })
+            .await;
+            match result {
+                Ok(Ok(consumer)) => break consumer,
+                Ok(Err(limit)) => {
+                    return Err(error(ErrorCode::SubFailed, format!("SUB failed {limit}")));
+                }
+                Err(EngineError::Exiting(_)) if attempt < 2 => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(EngineError::Exiting(_)) => {
+                    return Err(error(ErrorCode::SubFailed, "SUB failed to deleted topic/channel"));
+                }
+                Err(e) => return Err(sub_failed(&e)),
+            }
+        };
+        let consumer = Arc::new(consumer);
+        self.client.meta().subscription = Some(Subscription {
+            topic: topic_name,
+            channel: channel_name,
+            consumer_id: consumer.id(),
+        });
+        self.client.set_state(STATE_SUBSCRIBED);
+        self.consumer = Some(Arc::clone(&consumer));
+        let _ = self.events.send(PumpEvent::Subscribe(consumer));
+        ok()
+    }
+
+    fn rdy(&mut self, params: &[&[u8]]) -> Reply {
+        let state = self.state();
+        if state == STATE_CLOSING {
+            tracing::info!(
+                "PROTOCOL(V2): [{}] ignoring RDY after CLS in state ClientStateV2Closing",
+                self.client.remote
+            );
+            return Ok(None);
+        }
+        if state != STATE_SUBSCRIBED {
+            return Err(invalid("cannot RDY in current state"));
+        }
+        let count = match params.get(1) {
+            Some(param) => parse_base10(param)
+                .ok_or_else(|| invalid(format!("RDY could not parse count {}", text(param))))?,
+            None => 1,
+        };
+        let max = self.nsqd.options.max_rdy_count;
+        if count > max {
+            return Err(invalid(format!("RDY count {count} out of range 0-{max}")));
+        }
+        if let Some(consumer) = &self.consumer {
+            consumer.set_ready(count);
+        }
+        self.wake.notify_one();
+        Ok(None)
+    }
+
+    /// The subscribed consumer and the message ID of FIN, REQ or TOUCH, after their checks.
+    fn message_command<'p>(
+        &self,
+        name: &str,
+        params: &[&'p [u8]],
+        min_params: usize,
+    ) -> Result<(Arc<engine::Consumer>, &'p [u8; protocol::MESSAGE_ID_LEN]), Failure> {
+        let state = self.state();
+        if state != STATE_SUBSCRIBED && state != STATE_CLOSING {
+            return Err(invalid(format!("cannot {name} in current state")));
+        }
+        if params.len() < min_params {
+            return Err(invalid(format!("{name} insufficient number of params")));
+        }
+        let id = message_id(params[1])?;
+        let consumer = self
+            .consumer
+            .clone()
+            .ok_or_else(|| invalid(format!("cannot {name} in current state")))?;
+        Ok((consumer, id))
+    }
+
+    fn message_failed(code: ErrorCode, name: &str, id: &[u8], e: MessageError) -> Failure {
+        error(code, format!("{name} {} failed {e}", text(id)))
+    }
+
+    fn fin(&mut self, params: &[&[u8]]) -> Reply {
+        let (consumer, id) = self.message_command("FIN", params, 2)?;
+        consumer
+            .finish(id)
+            .map_err(|e| Self::message_failed(ErrorCode::FinFailed, "FIN", id, e))?;
+        self.wake.notify_one();
+        Ok(None)
+    }
+
+    fn req(&mut self, params: &[&[u8]]) -> Reply {
+        let (consumer, id) = self.message_command("REQ", params, 3)?;
+        let timeout_ms = parse_base10(params[2])
+            .ok_or_else(|| invalid(format!("REQ could not parse timeout {}", text(params[2]))))?;
+        let max = self.nsqd.options.max_req_timeout;
+        let mut delay = Duration::from_millis(timeout_ms);
+        if delay > max {
+            tracing::info!(
+                "PROTOCOL(V2): [{}] REQ timeout {delay:?} out of range 0-{max:?}. Setting to {max:?}",
+                self.client.remote
+            );
+            delay = max;
+        }
+        consumer
+            .requeue(id, delay)
+            .map_err(|e| Self::message_failed(ErrorCode::ReqFailed, "REQ", id, e))?;
+        self.wake.notify_one();
+        Ok(None)
+    }
+
+    fn touch(&mut self, params: &[&[u8]]) -> Reply {
+        let (consumer, id) = self.message_command("TOUCH", params, 2)?;
+        consumer
+            .touch(id)
+            .map_err(|e| Self::message_failed(ErrorCode::TouchFailed, "TOUCH", id, e))?;
+        Ok(None)
+    }
+
+    fn cls(&mut self) -> Reply {
+        if self.state() != STATE_SUBSCRIBED {
+            return Err(invalid("cannot CLS in current state"));
+        }
+        if let Some(consumer) = &self.consumer {
+            consumer.set_ready(0);
+        }
+        self.client.set_state(STATE_CLOSING);
+        self.wake.notify_one();
+        Ok(Some(protocol::CLOSE_WAIT.to_vec()))
+    }
+
+    /// The topic to publish to, created if needed (creation may touch the disk).
+    async fn publish_topic(&self, name: &str) -> Result<Arc<Topic>, EngineError> {
+        match self.nsqd.engine.get_topic(name) {
+            Some(topic) => Ok(topic),
+            None => {
+                let engine = Arc::clone(&self.nsqd.engine);
+                let name = name.to_owned();
+                blocking(move || engine.topic(&name)).await
+            }
+        }
+    }
+
+    /// Publishes the messages at `ranges` of `body`, waiting off the async workers when the
+    /// publish waits for a write.
+    async fn put(
+        &self,
+        topic: Arc<Topic>,
+        body: Vec<u8>,
+        ranges: Vec<Range<usize>>,
+        defer: Duration,
+    ) -> Result<(), EngineError> {
+        let publish = move || {
+            let messages: Vec<&[u8]> = ranges.iter().map(|r| &body[r.clone()]).collect();
+            topic.publish(&messages, defer).map(|_| ())
+        };
+        if self.nsqd.options.mem_queue_size == 0 { blocking(publish).await } else { publish() }
+    }
+
+    async fn publish(&mut self, params: &[&[u8]], kind: PubKind) -> Reply {
+        let name = kind.name();
+        let min_params = if kind == PubKind::Dpub { 3 } else { 2 };
+        if params.len() < min_params {
+            return Err(invalid(format!("{name} insufficient number of parameters")));
+        }
+        let topic_name = text(params[1]);
+        if !engine::names::is_valid_name(&topic_name) {
+            return Err(error(
+                ErrorCode::BadTopic,
+                format!("{name} topic name {topic_name:?} is not valid"),
+            ));
+        }
+        let options = &self.nsqd.options;
+        let mut defer = Duration::ZERO;
+        if kind == PubKind::Dpub {
+            let timeout_ms = parse_base10(params[2]).ok_or_else(|| {
+                invalid(format!("DPUB could not parse timeout {}", text(params[2])))
+            })?;
+            let max_ms = u64::try_from(options.max_req_timeout.as_millis()).unwrap_or(u64::MAX);
+            if timeout_ms > max_ms {
+                return Err(invalid(format!("DPUB timeout {timeout_ms} out of range 0-{max_ms}")));
+            }
+            defer = Duration::from_millis(timeout_ms);
+        }
+        let max = options.max_msg_size;
+        let bad = |t: String| error(ErrorCode::BadMessage, t);
+        let size = self
+            .read_size()
+            .await
+            .map_err(|_| bad(format!("{name} failed to read message body size")))?;
+        if size <= 0 {
+            return Err(bad(format!("{name} invalid message body size {size}")));
+        }
+        if u64::try_from(size).is_ok_and(|s| s > max) {
+            return Err(bad(format!("{name} message too big {size} > {max}")));
+        }
+        let body = self
+            .read_body(usize::try_from(size).unwrap_or(0))
+            .await
+            .map_err(|_| bad(format!("{name} failed to read message body")))?;
+        let failed = |e: EngineError| {
+            error(kind.failed_code(), format!("{name} failed {}", engine_reason(&e)))
+        };
+        let topic = self.publish_topic(&topic_name).await.map_err(failed)?;
+        let whole = 0..body.len();
+        self.put(topic, body, vec![whole], defer).await.map_err(failed)?;
+        self.client.published(&topic_name, 1);
+        ok()
+    }
+
+    async fn mpub(&mut self, params: &[&[u8]]) -> Reply {
+        if params.len() < 2 {
+            return Err(invalid("MPUB insufficient number of parameters"));
+        }
+        let topic_name = text(params[1]);
+        if !engine::names::is_valid_name(&topic_name) {
+            return Err(error(
+                ErrorCode::BadTopic,
+                format!("E_BAD_TOPIC MPUB topic name {topic_name:?} is not valid"),
+            ));
+        }
+        let options = &self.nsqd.options;
+        let (max_body, max_msg) = (options.max_body_size, options.max_msg_size);
+        let body = self.read_checked_body(ErrorCode::BadBody, "MPUB", max_body, false).await?;
+        let ranges = protocol::mpub::decode_mpub_ranges(&body, max_msg, max_body)?;
+        let count = ranges.len() as u64;
+        let failed = |e: EngineError| {
+            error(ErrorCode::MpubFailed, format!("MPUB failed {}", engine_reason(&e)))
+        };
+        let topic = self.publish_topic(&topic_name).await.map_err(failed)?;
+        self.put(topic, body, ranges, Duration::ZERO).await.map_err(failed)?;
+        self.client.published(&topic_name, count);
+        ok()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PubKind {
+    Pub,
+    Dpub,
+}
+
+impl PubKind {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Pub => "PUB",
+            Self::Dpub => "DPUB",
+        }
+    }
+
+    fn failed_code(self) -> ErrorCode {
+        match self {
+            Self::Pub => ErrorCode::PubFailed,
+            Self::Dpub => ErrorCode::DpubFailed,
+        }
+    }
+}
