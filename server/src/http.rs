@@ -79,14 +79,19 @@ async fn access_log(request: Request, next: Next) -> Response {
 
 const NSQ_CONTENT_TYPE: HeaderValue = HeaderValue::from_static("nsq; version=1.0");
 const JSON_CONTENT_TYPE: HeaderValue = HeaderValue::from_static("application/json; charset=utf-8");
+const TEXT_CONTENT_TYPE: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
 
 fn v1(status: StatusCode, json: bool, body: Vec<u8>) -> Response {
+    let empty = body.is_empty();
     let mut response = (status, body).into_response();
     let headers = response.headers_mut();
+    // Go's server sniffs a type for a body written without one: text here.
     if json {
         headers.insert(header::CONTENT_TYPE, JSON_CONTENT_TYPE);
-    } else {
+    } else if empty {
         headers.remove(header::CONTENT_TYPE);
+    } else {
+        headers.insert(header::CONTENT_TYPE, TEXT_CONTENT_TYPE);
     }
     headers.insert("X-NSQ-Content-Type", NSQ_CONTENT_TYPE);
     response
@@ -519,8 +524,8 @@ fn config_value(nsqd: &Nsqd, name: &str) -> Option<Value> {
         "http_address" => json!(o.http_address),
         "tcp_address" => json!(o.tcp_address),
         "broadcast_address" => json!(nsqd.broadcast_address),
-        "broadcast_tcp_port" => json!(o.broadcast_tcp_port),
-        "broadcast_http_port" => json!(o.broadcast_http_port),
+        "broadcast_tcp_port" => json!(nsqd.broadcast_tcp_port),
+        "broadcast_http_port" => json!(nsqd.broadcast_http_port),
         "nsqlookupd_tcp_addresses" => json!([]),
         "data_path" => json!(o.data_path.display().to_string()),
         "mem_queue_size" => json!(o.mem_queue_size),

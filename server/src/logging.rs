@@ -38,7 +38,7 @@ pub enum LogLevel {
 
 impl LogLevel {
     pub fn parse(text: &str) -> Option<LogLevel> {
-        match text.trim().to_ascii_lowercase().as_str() {
+        match text.to_ascii_lowercase().as_str() {
             "debug" => Some(Self::Debug),
             "info" => Some(Self::Info),
             "warn" => Some(Self::Warn),

@@ -29,6 +29,10 @@ pub struct Nsqd {
     pub(crate) start_time: i64,
     pub(crate) hostname: String,
     pub(crate) broadcast_address: String,
+    /// The ports registered with lookupd (`--broadcast-*-port`, or the real ones).
+    pub(crate) broadcast_tcp_port: u16,
+    pub(crate) broadcast_http_port: u16,
+    /// The ports listened on (`/info` shows these).
     pub(crate) tcp_port: u16,
     pub(crate) http_port: u16,
     /// `--node-id`, or a hash of the host name as nsqd does (shown by `/config/id`; message
@@ -69,15 +73,12 @@ impl Nsqd {
         let hostname = hostname();
         let broadcast_address =
             options.broadcast_address.clone().unwrap_or_else(|| hostname.clone());
-        let tcp_port = if options.broadcast_tcp_port != 0 {
-            options.broadcast_tcp_port
-        } else {
-            tcp_addr.port()
-        };
-        let http_port = match (options.broadcast_http_port, http_addr) {
-            (0, Some(addr)) => addr.port(),
-            (port, _) => port,
-        };
+        let tcp_port = tcp_addr.port();
+        let http_port = http_addr.map_or(0, |addr| addr.port());
+        let broadcast_tcp_port =
+            if options.broadcast_tcp_port != 0 { options.broadcast_tcp_port } else { tcp_port };
+        let broadcast_http_port =
+            if options.broadcast_http_port != 0 { options.broadcast_http_port } else { http_port };
         let start_time = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
@@ -91,6 +92,8 @@ impl Nsqd {
             start_time,
             hostname,
             broadcast_address,
+            broadcast_tcp_port,
+            broadcast_http_port,
             tcp_port,
             http_port,
             node_id,

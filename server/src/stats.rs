@@ -234,6 +234,14 @@ fn topic_json(
     }
 }
 
+/// The delivery counters of a client that is subscribed, for its entry among the producers
+/// (nsqd shows a client's own counters wherever it lists it).
+fn consumer_stats(nsqd: &Nsqd, client: &Client) -> Option<ConsumerStats> {
+    let sub = client.meta().subscription.clone()?;
+    let channel = nsqd.engine.get_topic(&sub.topic)?.get_channel(&sub.channel)?;
+    channel.stats().consumers.into_iter().find(|c| c.id == sub.consumer_id)
+}
+
 /// What `/stats` asks for.
 #[derive(Debug, Default)]
 pub(crate) struct StatsQuery {
@@ -262,11 +270,12 @@ pub(crate) fn collect(nsqd: &Nsqd, query: &StatsQuery) -> StatsResponse {
             .map(|t| topic_json(&t, &query.channel, &clients, query.include_clients, &query.topic))
             .collect()
     });
-    let producers: Vec<ClientJson> = if query.include_clients {
+    // nsqd returns before it lists the producers when the topic filter names no topic.
+    let producers: Vec<ClientJson> = if query.include_clients && topics.is_some() {
         clients
             .iter()
             .filter(|c| !c.meta().pub_counts.is_empty())
-            .map(|c| client_json(c, None, &query.topic))
+            .map(|c| client_json(c, consumer_stats(nsqd, c).as_ref(), &query.topic))
             .collect()
     } else {
         Vec::new()
@@ -300,21 +309,28 @@ pub(crate) fn health(nsqd: &Nsqd) -> String {
     }
 }
 
+/// nsqd's `stringy.NanoSecondToHuman`: one decimal, in the largest unit the value exceeds.
+fn nanos_to_human(nanos: f64) -> String {
+    let (value, unit) = if nanos > 1e9 {
+        (nanos / 1e9, "s")
+    } else if nanos > 1e6 {
+        (nanos / 1e6, "ms")
+    } else if nanos > 1e3 {
+        (nanos / 1e3, "us")
+    } else {
+        (nanos, "ns")
+    };
+    format!("{value:.1}{unit}")
+}
+
+/// The `e2e%` column as nsqd prints a `quantile.Result`: the values, comma-separated.
 fn latency_text(latency: &LatencyJson) -> String {
-    match &latency.percentiles {
-        None => String::new(),
-        Some(percentiles) => {
-            let parts: Vec<String> = percentiles
-                .iter()
-                .map(|p| {
-                    let q = p.get("quantile").and_then(Value::as_f64).unwrap_or(0.0);
-                    let v = p.get("value").and_then(Value::as_u64).unwrap_or(0);
-                    format!("{}%: {:?}", q * 100.0, Duration::from_nanos(v))
-                })
-                .collect();
-            format!("[{}]", parts.join(", "))
-        }
-    }
+    let percentiles = latency.percentiles.as_deref().unwrap_or_default();
+    let values: Vec<String> = percentiles
+        .iter()
+        .map(|p| nanos_to_human(p.get("value").and_then(Value::as_f64).unwrap_or(0.0)))
+        .collect();
+    values.join(", ")
 }
 
 fn client_text(client: &ClientJson, now: i64) -> String {

@@ -29,6 +29,15 @@ impl RangeSet {
         (offset < end).then_some(start..end)
     }
 
+    /// Number of offsets of the set inside `range`. Costs one step per range it overlaps.
+    pub(crate) fn count_in(&self, range: Range<u64>) -> u64 {
+        let first = self.range_of(range.start).map_or(range.start, |r| r.start);
+        self.ranges
+            .range(first..range.end)
+            .map(|(&start, &end)| end.min(range.end).saturating_sub(start.max(range.start)))
+            .sum()
+    }
+
     pub(crate) fn contains(&self, offset: u64) -> bool {
         self.range_of(offset).is_some()
     }
@@ -158,6 +167,19 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    #[test]
+    fn count_in_counts_only_the_overlap() {
+        let mut set = RangeSet::default();
+        set.insert_range(2..5);
+        set.insert_range(8..12);
+        set.insert(20);
+        assert_eq!(set.count_in(0..100), 8);
+        assert_eq!(set.count_in(3..9), 3);
+        assert_eq!(set.count_in(5..8), 0);
+        assert_eq!(set.count_in(11..21), 2);
+        assert_eq!(set.count_in(4..4), 0);
+    }
 
     #[derive(Debug, Clone)]
     enum Op {

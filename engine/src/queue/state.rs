@@ -220,9 +220,13 @@ impl ChannelState {
     }
 
     /// Messages ready for delivery: requeued ones and those not read yet, up to `end`.
+    /// Records read ahead and held (past a paused topic's limit) are still at or after
+    /// `next_read`, so they are counted once, when they are below `end`; offsets already
+    /// finished past `next_read` (dropped by `/topic/empty`) are not counted.
     pub(crate) fn depth(&self, end: u64) -> u64 {
-        let unread = end.saturating_sub(self.next_read) + u64::from(self.held.is_some());
-        unread + self.requeued.len()
+        let unread = end.saturating_sub(self.next_read);
+        let skipped = if unread > 0 { self.finished.count_in(self.next_read..end) } else { 0 };
+        unread - skipped.min(unread) + self.requeued.len()
     }
 
     /// The next message for `consumer`, if it is ready for one and one is due: requeued

@@ -235,7 +235,11 @@ pub async fn http_request(
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     let mut request =
         format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-length")) {
+    // A body framed by the test (its own Content-Length, or chunked) gets no length added.
+    let framed = headers.iter().any(|(k, _)| {
+        k.eq_ignore_ascii_case("content-length") || k.eq_ignore_ascii_case("transfer-encoding")
+    });
+    if !framed {
         request.push_str(&format!("Content-Length: {}\r\n", body.len()));
     }
     for (name, value) in headers {
