@@ -104,7 +104,8 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let dir = tempfile::tempdir_in(Path::new(env!("CARGO_MANIFEST_DIR")).join("../target")).unwrap();
+    let dir =
+        tempfile::tempdir_in(Path::new(env!("CARGO_MANIFEST_DIR")).join("../target")).unwrap();
     let nsqd = Nsqd::start(dir.path());
     let started = Instant::now();
     let mut producer = connect(nsqd.tcp);

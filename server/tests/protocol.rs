@@ -712,3 +712,28 @@ async fn messages_wait_in_the_output_buffer_until_its_timer_unless_rdy_is_filled
     assert_eq!(Instant::now() - start, Duration::from_secs(1), "flushed by the timer");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn publishing_to_an_exiting_topic_fails_with_the_publish_error() {
+    // Goal: E_PUB_FAILED, E_MPUB_FAILED, E_DPUB_FAILED and HTTP 503 EXITING. Method: close the
+    // engine under the running server (its topics are then exiting) and publish each way.
+    let server = TestServer::start().await;
+    server.publish("t", b"before").await;
+    server.engine.close().unwrap();
+    let bodies: [&[u8]; 1] = [b"x"];
+    for (command, error) in [
+        (Command::Pub { topic: "t", body: b"x" }, "E_PUB_FAILED PUB failed exiting"),
+        (Command::Mpub { topic: "t", bodies: &bodies }, "E_MPUB_FAILED MPUB failed exiting"),
+        (
+            Command::Dpub { topic: "t", defer_ms: 1, body: b"x" },
+            "E_DPUB_FAILED DPUB failed exiting",
+        ),
+    ] {
+        let mut client = server.connect().await;
+        client.command(command).await;
+        client.expect_fatal(error).await;
+    }
+    let reply = server.http("POST", "/pub?topic=t", b"x").await;
+    assert_eq!((reply.status, reply.text()), (503, r#"{"message":"EXITING"}"#.to_owned()));
+    server.stop().await;
+}
