@@ -3,6 +3,7 @@
 //! nsq; version=1.0` on every reply but `/ping`. Parameters come from the query string only.
 //! Bodies are refused by their Content-Length before they are read, and read with a limit.
 
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -228,12 +229,7 @@ async fn topic_from_query(nsqd: &Shared, query: &Query) -> Result<Arc<engine::To
     if !engine::names::is_valid_name(name) {
         return Err(bad_request("INVALID_TOPIC"));
     }
-    if let Some(topic) = nsqd.engine.get_topic(name) {
-        return Ok(topic);
-    }
-    let engine = Arc::clone(&nsqd.engine);
-    let name = name.to_owned();
-    blocking(move || engine.topic(&name)).await?.map_err(|e| engine_error(&e))
+    nsqd.topic(name).await.map_err(|e| engine_error(&e))
 }
 
 fn engine_error(failure: &EngineError) -> ApiError {
@@ -252,23 +248,15 @@ fn error_exiting() -> ApiError {
     error(StatusCode::SERVICE_UNAVAILABLE, "EXITING")
 }
 
-/// Publishes off the async workers when the publish waits for a write.
 async fn put(
     nsqd: &Shared,
     topic: Arc<engine::Topic>,
-    bodies: Vec<Vec<u8>>,
+    body: Vec<u8>,
+    ranges: Vec<Range<usize>>,
     defer: Duration,
 ) -> HttpResult {
-    if bodies.is_empty() {
-        return Ok(ok_text("OK"));
-    }
-    let publish = move || {
-        let refs: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
-        topic.publish(&refs, defer)
-    };
-    let result =
-        if nsqd.options.mem_queue_size == 0 { blocking(publish).await? } else { publish() };
-    result.map(|_| ok_text("OK")).map_err(|e| engine_error(&e))
+    nsqd.publish(topic, body, ranges, defer).await.map_err(|e| engine_error(&e))?;
+    Ok(ok_text("OK"))
 }
 
 async fn publish(
@@ -298,7 +286,8 @@ async fn publish(
             return Err(bad_request("INVALID_DEFER"));
         }
     }
-    put(&nsqd, topic, vec![body], defer).await
+    let whole = 0..body.len();
+    put(&nsqd, topic, body, vec![whole], defer).await
 }
 
 async fn mpub(
@@ -320,27 +309,30 @@ async fn mpub(
             internal_error()
         }
     })?;
-    let bodies: Vec<Vec<u8>> = if query.flag("binary", false) {
+    let ranges = if query.flag("binary", false) {
         // nsqd answers with the TCP error code without its `E_`.
-        let messages = protocol::mpub::decode_mpub(&body, max_msg, max_body).map_err(|e| {
+        protocol::mpub::decode_mpub_ranges(&body, max_msg, max_body).map_err(|e| {
             let message = if e.code == ErrorCode::BadMessage { "BAD_MESSAGE" } else { "BAD_BODY" };
             error(StatusCode::PAYLOAD_TOO_LARGE, message)
-        })?;
-        messages.into_iter().map(<[u8]>::to_vec).collect()
+        })?
     } else {
-        let mut bodies = Vec::new();
+        // Lines, without their `\n`; empty ones are skipped.
+        let mut ranges = Vec::new();
+        let mut start = 0;
         for line in body.split(|&b| b == b'\n') {
+            let range = start..start + line.len();
+            start = range.end + 1;
             if line.is_empty() {
                 continue;
             }
             if u64::try_from(line.len()).unwrap_or(u64::MAX) > max_msg {
                 return Err(error(StatusCode::PAYLOAD_TOO_LARGE, "MSG_TOO_BIG"));
             }
-            bodies.push(line.to_vec());
+            ranges.push(range);
         }
-        bodies
+        ranges
     };
-    put(&nsqd, topic, bodies, Duration::ZERO).await
+    put(&nsqd, topic, body, ranges, Duration::ZERO).await
 }
 
 async fn stats_handler(State(nsqd): State<Shared>, RawQuery(raw): RawQuery) -> HttpResult {

@@ -6,11 +6,12 @@
 //! channels), stop HTTP, then close the engine, which writes what is queued and checkpoints.
 
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
-use engine::Engine;
+use engine::{Engine, EngineError, Topic};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -48,6 +49,36 @@ impl Nsqd {
 
     pub fn options(&self) -> &Options {
         &self.options
+    }
+
+    /// The topic `name`, created if needed (creation touches the disk: off the async workers).
+    pub(crate) async fn topic(&self, name: &str) -> Result<Arc<Topic>, EngineError> {
+        if let Some(topic) = self.engine.get_topic(name) {
+            return Ok(topic);
+        }
+        let engine = Arc::clone(&self.engine);
+        let name = name.to_owned();
+        blocking(move || engine.topic(&name)).await
+    }
+
+    /// Publishes the messages at `ranges` of `body` (one buffer for a PUB or a whole MPUB).
+    /// With `--mem-queue-size=0` the publish waits for its write, so it runs off the async
+    /// workers; otherwise it only queues the records.
+    pub(crate) async fn publish(
+        &self,
+        topic: Arc<Topic>,
+        body: Vec<u8>,
+        ranges: Vec<Range<usize>>,
+        defer: Duration,
+    ) -> Result<(), EngineError> {
+        if ranges.is_empty() {
+            return Ok(());
+        }
+        let publish = move || {
+            let messages: Vec<&[u8]> = ranges.iter().map(|r| &body[r.clone()]).collect();
+            topic.publish(&messages, defer).map(|_| ())
+        };
+        if self.options.mem_queue_size == 0 { blocking(publish).await } else { publish() }
     }
 
     /// Binds the listeners and starts serving. The engine's background work (timers, queued
@@ -160,6 +191,20 @@ impl RunningNsqd {
         let engine = Arc::clone(&self.nsqd.engine);
         tokio::task::spawn_blocking(move || engine.close()).await??;
         Ok(())
+    }
+}
+
+/// Runs engine work that may wait for the disk on tokio's blocking threads.
+pub(crate) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, EngineError> + Send + 'static,
+) -> Result<T, EngineError> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result,
+        Err(join) => Err(EngineError::Io {
+            op: "engine task",
+            path: Default::default(),
+            source: std::io::Error::other(join.to_string()),
+        }),
     }
 }
 

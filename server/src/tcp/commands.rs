@@ -2,11 +2,10 @@
 //! (which error a client sees first is part of the protocol) with nsqd's error texts. Each
 //! handler then makes one engine call.
 
-use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
-use engine::{EngineError, MessageError, Topic};
+use engine::{EngineError, MessageError};
 use protocol::command::{message_id, parse_base10};
 use protocol::identify::{IdentifyRequest, IdentifyResponse};
 use protocol::{ErrorCode, ProtocolError};
@@ -39,20 +38,6 @@ fn engine_reason(error: &EngineError) -> String {
     match error {
         EngineError::Exiting(_) => "exiting".to_owned(),
         other => other.to_string(),
-    }
-}
-
-/// Runs engine work that may wait for the disk off the async workers.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, EngineError> + Send + 'static,
-) -> Result<T, EngineError> {
-    match tokio::task::spawn_blocking(work).await {
-        Ok(result) => result,
-        Err(join) => Err(EngineError::Io {
-            op: "engine task",
-            path: Default::default(),
-            source: std::io::Error::other(join.to_string()),
-        }),
     }
 }
 
@@ -266,7 +251,7 @@ impl Connection {
             let (topic, channel) = (topic_name.clone(), channel_name.clone());
             let max_consumers = self.nsqd.options.max_channel_consumers;
             let msg_timeout = self.settings.msg_timeout;
-            let result = blocking(move || {
+            let result = crate::nsqd::blocking(move || {
                 let channel = engine.topic(&topic)?.channel(&channel)?;
                 if max_consumers > 0 && channel.stats().client_count >= max_consumers {
                     return Ok(Err(format!(
@@ -406,34 +391,6 @@ impl Connection {
         Ok(Some(protocol::CLOSE_WAIT.to_vec()))
     }
 
-    /// The topic to publish to, created if needed (creation may touch the disk).
-    async fn publish_topic(&self, name: &str) -> Result<Arc<Topic>, EngineError> {
-        match self.nsqd.engine.get_topic(name) {
-            Some(topic) => Ok(topic),
-            None => {
-                let engine = Arc::clone(&self.nsqd.engine);
-                let name = name.to_owned();
-                blocking(move || engine.topic(&name)).await
-            }
-        }
-    }
-
-    /// Publishes the messages at `ranges` of `body`, waiting off the async workers when the
-    /// publish waits for a write.
-    async fn put(
-        &self,
-        topic: Arc<Topic>,
-        body: Vec<u8>,
-        ranges: Vec<Range<usize>>,
-        defer: Duration,
-    ) -> Result<(), EngineError> {
-        let publish = move || {
-            let messages: Vec<&[u8]> = ranges.iter().map(|r| &body[r.clone()]).collect();
-            topic.publish(&messages, defer).map(|_| ())
-        };
-        if self.nsqd.options.mem_queue_size == 0 { blocking(publish).await } else { publish() }
-    }
-
     async fn publish(&mut self, params: &[&[u8]], kind: PubKind) -> Reply {
         let name = kind.name();
         let min_params = if kind == PubKind::Dpub { 3 } else { 2 };
@@ -478,9 +435,9 @@ impl Connection {
         let failed = |e: EngineError| {
             error(kind.failed_code(), format!("{name} failed {}", engine_reason(&e)))
         };
-        let topic = self.publish_topic(&topic_name).await.map_err(failed)?;
+        let topic = self.nsqd.topic(&topic_name).await.map_err(failed)?;
         let whole = 0..body.len();
-        self.put(topic, body, vec![whole], defer).await.map_err(failed)?;
+        self.nsqd.publish(topic, body, vec![whole], defer).await.map_err(failed)?;
         self.client.published(&topic_name, 1);
         ok()
     }
@@ -504,8 +461,8 @@ impl Connection {
         let failed = |e: EngineError| {
             error(ErrorCode::MpubFailed, format!("MPUB failed {}", engine_reason(&e)))
         };
-        let topic = self.publish_topic(&topic_name).await.map_err(failed)?;
-        self.put(topic, body, ranges, Duration::ZERO).await.map_err(failed)?;
+        let topic = self.nsqd.topic(&topic_name).await.map_err(failed)?;
+        self.nsqd.publish(topic, body, ranges, Duration::ZERO).await.map_err(failed)?;
         self.client.published(&topic_name, count);
         ok()
     }
