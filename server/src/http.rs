@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -471,13 +471,7 @@ async fn config_get(State(nsqd): State<Shared>, Path(opt): Path<String>) -> Http
     Ok(ok_json(&value))
 }
 
-async fn config_put(
-    State(nsqd): State<Shared>,
-    Path(opt): Path<String>,
-    method: Method,
-    body: Body,
-) -> HttpResult {
-    debug_assert_eq!(method, Method::PUT);
+async fn config_put(State(nsqd): State<Shared>, Path(opt): Path<String>, body: Body) -> HttpResult {
     let body = read_body(body, nsqd.options.max_msg_size).await.map_err(|too_big| {
         if too_big {
             error(StatusCode::PAYLOAD_TOO_LARGE, "INVALID_VALUE")
