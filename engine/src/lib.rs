@@ -34,7 +34,7 @@ pub mod names;
 mod queue;
 pub mod stats;
 pub mod storage;
-mod sync;
+pub mod sync;
 pub mod topic;
 
 pub use channel::{ChangeListener, Channel, Consumer};

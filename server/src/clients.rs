@@ -2,6 +2,7 @@
 //! published, and which channel consumer they are. Delivery counters live in the engine's
 //! consumer and are read from there.
 
+use engine::sync::lock;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
@@ -20,7 +21,7 @@ pub(crate) struct Clients {
 
 impl Clients {
     fn map(&self) -> MutexGuard<'_, BTreeMap<u64, Arc<Client>>> {
-        self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.map)
     }
 
     pub(crate) fn register(&self, remote: SocketAddr, connect_ts: i64) -> Arc<Client> {
@@ -63,7 +64,7 @@ pub(crate) struct Client {
 
 impl Client {
     pub(crate) fn meta(&self) -> MutexGuard<'_, ClientMeta> {
-        self.meta.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.meta)
     }
 
     pub(crate) fn state(&self) -> i32 {

@@ -181,13 +181,15 @@ impl Query {
     }
 }
 
-/// Reads a body of at most `max` bytes: `Err(true)` when it is longer, `Err(false)` when it
-/// could not be read.
-async fn read_body(body: Body, max: u64) -> Result<Vec<u8>, bool> {
+/// Reads a body of at most `max` bytes; a longer one is 413 `too_big`, a failed read 500.
+async fn read_body(body: Body, max: u64, too_big: &'static str) -> Result<Vec<u8>, ApiError> {
     let limit = usize::try_from(max).unwrap_or(usize::MAX);
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes().to_vec()),
-        Err(error) => Err(error.downcast_ref::<LengthLimitError>().is_some()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(error(StatusCode::PAYLOAD_TOO_LARGE, too_big))
+        }
+        Err(_) => Err(internal_error()),
     }
 }
 
@@ -269,9 +271,7 @@ async fn publish(
     if content_length(&headers).is_some_and(|len| len > max) {
         return Err(error(StatusCode::PAYLOAD_TOO_LARGE, "MSG_TOO_BIG"));
     }
-    let body = read_body(body, max).await.map_err(|too_big| {
-        if too_big { error(StatusCode::PAYLOAD_TOO_LARGE, "MSG_TOO_BIG") } else { internal_error() }
-    })?;
+    let body = read_body(body, max, "MSG_TOO_BIG").await?;
     if body.is_empty() {
         return Err(bad_request("MSG_EMPTY"));
     }
@@ -302,13 +302,7 @@ async fn mpub(
     }
     let query = Query::parse(raw.as_deref())?;
     let topic = topic_from_query(&nsqd, &query).await?;
-    let body = read_body(body, max_body).await.map_err(|too_big| {
-        if too_big {
-            error(StatusCode::PAYLOAD_TOO_LARGE, "BODY_TOO_BIG")
-        } else {
-            internal_error()
-        }
-    })?;
+    let body = read_body(body, max_body, "BODY_TOO_BIG").await?;
     let ranges = if query.flag("binary", false) {
         // nsqd answers with the TCP error code without its `E_`.
         protocol::mpub::decode_mpub_ranges(&body, max_msg, max_body).map_err(|e| {
@@ -472,13 +466,7 @@ async fn config_get(State(nsqd): State<Shared>, Path(opt): Path<String>) -> Http
 }
 
 async fn config_put(State(nsqd): State<Shared>, Path(opt): Path<String>, body: Body) -> HttpResult {
-    let body = read_body(body, nsqd.options.max_msg_size).await.map_err(|too_big| {
-        if too_big {
-            error(StatusCode::PAYLOAD_TOO_LARGE, "INVALID_VALUE")
-        } else {
-            internal_error()
-        }
-    })?;
+    let body = read_body(body, nsqd.options.max_msg_size, "INVALID_VALUE").await?;
     if body.is_empty() {
         return Err(error(StatusCode::PAYLOAD_TOO_LARGE, "INVALID_VALUE"));
     }

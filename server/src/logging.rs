@@ -1,6 +1,7 @@
 //! Logging to stderr in nsqd's shape, `[nsqd] <time> INFO: <message>`, at a level that
 //! `PUT /config/log_level` can change while running.
 
+use engine::sync::lock;
 use std::fmt;
 use std::sync::Mutex;
 
@@ -65,14 +66,14 @@ impl LogControl {
     }
 
     pub fn level(&self) -> LogLevel {
-        *self.level.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        *lock(&self.level)
     }
 
     pub fn set_level(&self, level: LogLevel) -> Result<(), String> {
         if let Some(reload) = &self.reload {
             reload(level.filter())?;
         }
-        *self.level.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = level;
+        *lock(&self.level) = level;
         Ok(())
     }
 }

@@ -33,6 +33,17 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// A topic or channel name parameter, valid by NSQ's rules, or `<code> <what> name "x" is not
+/// valid`.
+fn valid_name(param: &[u8], code: ErrorCode, what: &str) -> Result<String, Failure> {
+    let name = text(param);
+    if engine::names::is_valid_name(&name) {
+        Ok(name)
+    } else {
+        Err(error(code, format!("{what} name {name:?} is not valid")))
+    }
+}
+
 /// The reason nsqd gives when a publish or subscribe fails.
 fn engine_reason(error: &EngineError) -> String {
     match error {
@@ -225,20 +236,8 @@ impl Connection {
         if params.len() < 3 {
             return Err(invalid("SUB insufficient number of parameters"));
         }
-        let topic_name = text(params[1]);
-        if !engine::names::is_valid_name(&topic_name) {
-            return Err(error(
-                ErrorCode::BadTopic,
-                format!("SUB topic name {topic_name:?} is not valid"),
-            ));
-        }
-        let channel_name = text(params[2]);
-        if !engine::names::is_valid_name(&channel_name) {
-            return Err(error(
-                ErrorCode::BadChannel,
-                format!("SUB channel name {channel_name:?} is not valid"),
-            ));
-        }
+        let topic_name = valid_name(params[1], ErrorCode::BadTopic, "SUB topic")?;
+        let channel_name = valid_name(params[2], ErrorCode::BadChannel, "SUB channel")?;
         let sub_failed = |e: &EngineError| {
             error(ErrorCode::SubFailed, format!("SUB failed {}", engine_reason(e)))
         };
@@ -397,13 +396,7 @@ impl Connection {
         if params.len() < min_params {
             return Err(invalid(format!("{name} insufficient number of parameters")));
         }
-        let topic_name = text(params[1]);
-        if !engine::names::is_valid_name(&topic_name) {
-            return Err(error(
-                ErrorCode::BadTopic,
-                format!("{name} topic name {topic_name:?} is not valid"),
-            ));
-        }
+        let topic_name = valid_name(params[1], ErrorCode::BadTopic, &format!("{name} topic"))?;
         let options = &self.nsqd.options;
         let mut defer = Duration::ZERO;
         if kind == PubKind::Dpub {
@@ -446,13 +439,8 @@ impl Connection {
         if params.len() < 2 {
             return Err(invalid("MPUB insufficient number of parameters"));
         }
-        let topic_name = text(params[1]);
-        if !engine::names::is_valid_name(&topic_name) {
-            return Err(error(
-                ErrorCode::BadTopic,
-                format!("E_BAD_TOPIC MPUB topic name {topic_name:?} is not valid"),
-            ));
-        }
+        // nsqd's text repeats the code here.
+        let topic_name = valid_name(params[1], ErrorCode::BadTopic, "E_BAD_TOPIC MPUB topic")?;
         let options = &self.nsqd.options;
         let (max_body, max_msg) = (options.max_body_size, options.max_msg_size);
         let body = self.read_checked_body(ErrorCode::BadBody, "MPUB", max_body, false).await?;
