@@ -5,6 +5,7 @@
 //! - [`command`]: what the client sends: a text line split on single spaces, then for some
 //!   commands a `[i32 size][body]`. Parsing helpers with NSQ's exact rules (digits-only integers,
 //!   16-byte IDs) and encoders for clients.
+//! - [`compression`]: snappy and DEFLATE as negotiated in IDENTIFY, for either side.
 //! - [`error`]: the `E_*` error codes, their texts and which of them close the connection.
 //! - [`identify`]: the IDENTIFY request and response bodies (JSON).
 //! - [`mpub`]: the MPUB body, `[i32 count]([i32 size][bytes])*`, decoded with NSQ's limits.
@@ -15,6 +16,7 @@
 #![allow(clippy::big_endian_bytes)]
 
 pub mod command;
+pub mod compression;
 pub mod error;
 pub mod frame;
 pub mod identify;

@@ -91,6 +91,13 @@ pub(crate) struct ClientMeta {
     pub(crate) subscription: Option<Subscription>,
     /// Messages published per topic.
     pub(crate) pub_counts: BTreeMap<String, u64>,
+    /// Set when the connection upgraded to TLS.
+    pub(crate) tls: Option<crate::tls::Session>,
+    pub(crate) compression: Option<protocol::compression::Compression>,
+    /// Whether the last AUTH answer granted anything, and who the auth server says this is.
+    pub(crate) authed: bool,
+    pub(crate) auth_identity: String,
+    pub(crate) auth_identity_url: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

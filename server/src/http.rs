@@ -23,13 +23,19 @@ use tokio_util::sync::CancellationToken;
 
 use crate::logging::LogLevel;
 use crate::nsqd::Nsqd;
-use crate::options::NSQ_VERSION;
+use crate::options::{NSQ_VERSION, TlsRequired};
 use crate::stats::{self, StatsQuery};
+use crate::tls::HttpsListener;
 
 type Shared = Arc<Nsqd>;
 
+/// Serves plain HTTP; with `--tls-required=true` every request is answered 403, pointing to
+/// the HTTPS port, as nsqd does.
 pub(crate) async fn serve(nsqd: Shared, listener: TcpListener, shutdown: CancellationToken) {
-    let app = router(nsqd);
+    let mut app = router(Arc::clone(&nsqd));
+    if nsqd.tls_required == TlsRequired::Yes {
+        app = app.layer(middleware::from_fn_with_state(nsqd, refuse_without_tls));
+    }
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await;
@@ -37,6 +43,30 @@ pub(crate) async fn serve(nsqd: Shared, listener: TcpListener, shutdown: Cancell
         tracing::error!(%error, "HTTP server failed");
     }
     tracing::info!("HTTP: closing");
+}
+
+/// Serves the same API over TLS.
+pub(crate) async fn serve_https(nsqd: Shared, listener: HttpsListener, shutdown: CancellationToken) {
+    let served = axum::serve(listener, router(nsqd))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await;
+    if let Err(error) = served {
+        tracing::error!(%error, "HTTPS server failed");
+    }
+    tracing::info!("HTTPS: closing");
+}
+
+async fn refuse_without_tls(State(nsqd): State<Shared>, _request: Request, _next: Next) -> Response {
+    // nsqd's exact body, spacing included.
+    let body = format!(r#"{{"message": "TLS_REQUIRED", "https_port": {}}}"#, nsqd.https_port);
+    let mut response = (StatusCode::FORBIDDEN, body).into_response();
+    let headers = response.headers_mut();
+    headers.insert("X-NSQ-Content-Type", HeaderValue::from_static("nsq; version=1.0"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    response
 }
 
 fn router(nsqd: Shared) -> Router {
@@ -525,6 +555,16 @@ fn config_value(nsqd: &Nsqd, name: &str) -> Option<Value> {
         "deflate" => json!(o.deflate),
         "max_deflate_level" => json!(o.max_deflate_level),
         "snappy" => json!(o.snappy),
+        "auth_http_addresses" => json!(o.auth_http_addresses),
+        "auth_http_request_method" => json!(o.auth_http_request_method),
+        "http_client_connect_timeout" => nanos(o.http_client_connect_timeout),
+        "http_client_request_timeout" => nanos(o.http_client_request_timeout),
+        "tls_cert" => json!(o.tls_cert),
+        "tls_key" => json!(o.tls_key),
+        "tls_client_auth_policy" => json!(o.tls_client_auth_policy),
+        "tls_root_ca_file" => json!(o.tls_root_ca_file),
+        "tls_required" => json!(nsqd.tls_required as u8),
+        "tls_min_version" => json!(o.tls_min_version as u16),
         _ => return None,
     })
 }

@@ -8,8 +8,10 @@
 //! - [`nsqd`]: the daemon: listeners, shared state, shutdown.
 //! - `tcp`: protocol V2 (reader, message pump, commands).
 //! - `http`: the HTTP API; `stats`: `/stats`.
+//! - `tls`: TLS configuration and the HTTPS listener; `auth`: AUTH against auth servers.
 //! - [`logging`]: nsqd-shaped log lines on stderr.
 
+mod auth;
 mod clients;
 mod http;
 pub mod logging;
@@ -17,6 +19,7 @@ pub mod nsqd;
 pub mod options;
 pub mod stats;
 mod tcp;
+mod tls;
 
 pub use nsqd::{Nsqd, RunningNsqd};
 pub use options::Options;

@@ -1,6 +1,6 @@
 //! The daemon: the engine, the options, the connected clients, and the listeners serving them.
 //!
-//! [`Nsqd::start`] binds the TCP and HTTP listeners (port 0 picks a free port; the real one is
+//! [`Nsqd::start`] binds the TCP, HTTP and (with TLS) HTTPS listeners (port 0 picks a free port; the real one is
 //! logged and returned) and serves until [`RunningNsqd::shutdown`], which follows nsqd's order:
 //! stop accepting, close every client connection (their in-flight messages go back to their
 //! channels), stop HTTP, then close the engine, which writes what is queued and checkpoints.
@@ -16,9 +16,10 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::AuthServers;
 use crate::clients::Clients;
 use crate::logging::LogControl;
-use crate::options::Options;
+use crate::options::{Options, TlsRequired};
 
 /// What every connection and request handler shares.
 #[derive(Debug)]
@@ -36,6 +37,14 @@ pub struct Nsqd {
     /// The ports listened on (`/info` shows these).
     pub(crate) tcp_port: u16,
     pub(crate) http_port: u16,
+    /// 0 without an HTTPS listener.
+    pub(crate) https_port: u16,
+    /// The TLS configuration, when `--tls-cert` and `--tls-key` are given.
+    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
+    /// `--tls-required`, raised by a client auth policy.
+    pub(crate) tls_required: TlsRequired,
+    /// The auth servers, when `--auth-http-address` is given.
+    pub(crate) auth: Option<AuthServers>,
     /// `--node-id`, or a hash of the host name as nsqd does (shown by `/config/id`; message
     /// IDs here are log offsets and do not need it).
     pub(crate) node_id: i64,
@@ -88,6 +97,9 @@ impl Nsqd {
         engine: Arc<Engine>,
         log: LogControl,
     ) -> anyhow::Result<RunningNsqd> {
+        let tls = crate::tls::server_config(&options)?;
+        let tls_required = options.effective_tls_required();
+        let auth = AuthServers::new(&options)?;
         let tcp = TcpListener::bind(&options.tcp_address)
             .await
             .with_context(|| format!("listen ({}) failed", options.tcp_address))?;
@@ -101,6 +113,16 @@ impl Nsqd {
             Some(listener)
         };
         let http_addr = http.as_ref().map(TcpListener::local_addr).transpose()?;
+        let https = match &tls {
+            Some(_) if !options.https_address.is_empty() => {
+                let listener = TcpListener::bind(&options.https_address)
+                    .await
+                    .with_context(|| format!("listen ({}) failed", options.https_address))?;
+                Some(listener)
+            }
+            _ => None,
+        };
+        let https_addr = https.as_ref().map(TcpListener::local_addr).transpose()?;
         let hostname = hostname();
         let broadcast_address =
             options.broadcast_address.clone().unwrap_or_else(|| hostname.clone());
@@ -127,6 +149,10 @@ impl Nsqd {
             broadcast_http_port,
             tcp_port,
             http_port,
+            https_port: https_addr.map_or(0, |addr| addr.port()),
+            tls,
+            tls_required,
+            auth,
             node_id,
             log,
         });
@@ -145,7 +171,13 @@ impl Nsqd {
             tracing::info!("HTTP: listening on {addr}");
             tasks.spawn(crate::http::serve(Arc::clone(&nsqd), listener, shutdown.clone()));
         }
-        Ok(RunningNsqd { nsqd, tcp_addr, http_addr, shutdown, connections, tasks })
+        if let (Some(listener), Some(addr), Some(config)) = (https, https_addr, &nsqd.tls) {
+            tracing::info!("HTTPS: listening on {addr}");
+            let listener =
+                crate::tls::HttpsListener::new(listener, Arc::clone(config), shutdown.clone())?;
+            tasks.spawn(crate::http::serve_https(Arc::clone(&nsqd), listener, shutdown.clone()));
+        }
+        Ok(RunningNsqd { nsqd, tcp_addr, http_addr, https_addr, shutdown, connections, tasks })
     }
 }
 
@@ -155,6 +187,7 @@ pub struct RunningNsqd {
     nsqd: Arc<Nsqd>,
     tcp_addr: SocketAddr,
     http_addr: Option<SocketAddr>,
+    https_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     connections: CancellationToken,
     tasks: JoinSet<()>,
@@ -170,6 +203,11 @@ impl RunningNsqd {
 
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http_addr
+    }
+
+    /// The HTTPS listener's address, when TLS is configured.
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https_addr
     }
 
     pub fn nsqd(&self) -> &Arc<Nsqd> {

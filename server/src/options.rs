@@ -64,7 +64,7 @@ pub struct Options {
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
     pub worker_id: bool,
 
-    /// <addr>:<port> to listen on for HTTPS clients (only with TLS, which this build lacks)
+    /// <addr>:<port> to listen on for HTTPS clients (with --tls-cert and --tls-key)
     #[arg(long, default_value = "0.0.0.0:4152")]
     pub https_address: String,
     /// address to listen on for HTTP clients (<addr>:<port>); empty disables HTTP
@@ -150,6 +150,38 @@ pub struct Options {
     #[arg(long, default_value = "10m0s", value_parser = parse_duration)]
     pub e2e_processing_latency_window_time: Duration,
 
+    /// <addr>:<port> or a full url to query auth server (may be given multiple times)
+    #[arg(long = "auth-http-address", action = ArgAction::Append)]
+    pub auth_http_addresses: Vec<String>,
+    /// HTTP method to use for auth server requests
+    #[arg(long, default_value = "get", value_parser = parse_auth_method)]
+    pub auth_http_request_method: String,
+    /// timeout for HTTP connect
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub http_client_connect_timeout: Duration,
+    /// timeout for HTTP request
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub http_client_request_timeout: Duration,
+
+    /// path to certificate file
+    #[arg(long, default_value = "")]
+    pub tls_cert: String,
+    /// path to key file
+    #[arg(long, default_value = "")]
+    pub tls_key: String,
+    /// client certificate auth policy ('require' or 'require-verify')
+    #[arg(long, default_value = "")]
+    pub tls_client_auth_policy: String,
+    /// path to certificate authority file
+    #[arg(long, default_value = "")]
+    pub tls_root_ca_file: String,
+    /// require TLS for client connections (true, false, tcp-https)
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = TlsRequired::parse)]
+    pub tls_required: TlsRequired,
+    /// minimum SSL/TLS version acceptable ('tls1.0', 'tls1.1', 'tls1.2' or 'tls1.3'; rustls speaks 1.2 and 1.3 only)
+    #[arg(long, default_value = "tls1.0", value_parser = TlsMinVersion::parse)]
+    pub tls_min_version: TlsMinVersion,
+
     /// enable deflate feature negotiation (client compression)
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true", action = ArgAction::Set)]
     pub deflate: bool,
@@ -159,6 +191,57 @@ pub struct Options {
     /// enable snappy feature negotiation (client compression)
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true", action = ArgAction::Set)]
     pub snappy: bool,
+}
+
+/// `--tls-required`: which connections must use TLS (nsqd's numbers, shown by `/config`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsRequired {
+    /// `false`: TLS is the client's choice.
+    No = 0,
+    /// `tcp-https`: TCP clients must upgrade; plain HTTP is still served.
+    ExceptHttp = 1,
+    /// `true`: TCP clients must upgrade, and plain HTTP answers 403.
+    Yes = 2,
+}
+
+impl TlsRequired {
+    /// `tcp-https`, or a boolean as Go's `strconv.ParseBool` reads one.
+    fn parse(text: &str) -> Result<Self, String> {
+        match text.to_ascii_lowercase().as_str() {
+            "tcp-https" => Ok(Self::ExceptHttp),
+            "1" | "t" | "true" => Ok(Self::Yes),
+            "0" | "f" | "false" => Ok(Self::No),
+            _ => Err(format!("invalid value {text:?}: use true, false or tcp-https")),
+        }
+    }
+}
+
+/// `--tls-min-version`, with the protocol numbers Go uses (shown by `/config`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMinVersion {
+    Tls10 = 0x0301,
+    Tls11 = 0x0302,
+    Tls12 = 0x0303,
+    Tls13 = 0x0304,
+}
+
+impl TlsMinVersion {
+    fn parse(text: &str) -> Result<Self, String> {
+        match text.to_ascii_lowercase().as_str() {
+            "tls1.0" => Ok(Self::Tls10),
+            "tls1.1" => Ok(Self::Tls11),
+            "tls1.2" => Ok(Self::Tls12),
+            "tls1.3" => Ok(Self::Tls13),
+            _ => Err(format!("unknown tlsVersionOption {text:?}")),
+        }
+    }
+}
+
+fn parse_auth_method(text: &str) -> Result<String, String> {
+    match text {
+        "get" | "post" => Ok(text.to_owned()),
+        _ => Err("--auth-http-request-method must be post or get".to_owned()),
+    }
 }
 
 /// nsqd's heartbeat interval when the client does not choose one: half its fixed 60 s client
@@ -178,22 +261,14 @@ const DURATION_FLAGS: &[&str] = &[
     "min-output-buffer-timeout",
     "output-buffer-timeout",
     "e2e-processing-latency-window-time",
+    "http-client-connect-timeout",
+    "http-client-request-timeout",
 ];
 
 /// Options of NSQ's nsqd that this server does not implement: refused rather than ignored, so
 /// nobody believes they are in effect.
 const UNSUPPORTED_FLAGS: &[&str] = &[
-    "tls-cert",
-    "tls-key",
-    "tls-client-auth-policy",
-    "tls-root-ca-file",
-    "tls-required",
-    "tls-min-version",
-    "auth-http-address",
-    "auth-http-request-method",
     "lookupd-tcp-address",
-    "http-client-connect-timeout",
-    "http-client-request-timeout",
     "statsd-address",
     "statsd-interval",
     "statsd-mem-stats",
@@ -346,7 +421,20 @@ impl Options {
         if self.msg_timeout > self.max_msg_timeout {
             bail!("--msg-timeout is above --max-msg-timeout");
         }
+        let has_tls = !self.tls_cert.is_empty() || !self.tls_key.is_empty();
+        if self.effective_tls_required() != TlsRequired::No && !has_tls {
+            bail!("cannot require TLS client connections without TLS key and cert");
+        }
         Ok(())
+    }
+
+    /// `--tls-required`, which a client auth policy raises to `true`, as nsqd does.
+    pub fn effective_tls_required(&self) -> TlsRequired {
+        if !self.tls_client_auth_policy.is_empty() && self.tls_required == TlsRequired::No {
+            TlsRequired::Yes
+        } else {
+            self.tls_required
+        }
     }
 
     /// The engine's settings these flags make.
@@ -445,7 +533,11 @@ mod tests {
             &["--msg-timeout=soon"],
             &["--e2e-processing-latency-percentile=1.5"],
             &["--max-deflate-level=10"],
-            &["--tls-cert=x.pem"],
+            &["--tls-required"],
+            &["--tls-client-auth-policy=require"],
+            &["--tls-min-version=ssl3.0"],
+            &["--auth-http-request-method=put"],
+            &["--lookupd-tcp-address=127.0.0.1:4160"],
             &["--no-such-flag"],
         ] {
             let result = Options::parse_args(std::iter::once("nsqd").chain(args.iter().copied()));

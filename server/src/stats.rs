@@ -4,6 +4,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use engine::stats::{ChannelStats, ConsumerStats, LatencyQuantiles, TopicStats};
+use protocol::compression::Compression;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -80,6 +81,12 @@ pub(crate) struct ClientJson {
     pub(crate) deflate: bool,
     pub(crate) snappy: bool,
     pub(crate) user_agent: String,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) authed: bool,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub(crate) auth_identity: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub(crate) auth_identity_url: String,
     pub(crate) topology_zone: String,
     pub(crate) topology_region: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -160,17 +167,21 @@ fn client_json(
         requeue_count: consumer.map_or(0, |c| c.requeue_count),
         connect_ts: client.connect_ts,
         sample_rate: meta.sample_rate,
-        deflate: false,
-        snappy: false,
+        deflate: matches!(meta.compression, Some(Compression::Deflate { .. })),
+        snappy: meta.compression == Some(Compression::Snappy),
         user_agent: meta.user_agent,
+        authed: meta.authed,
+        auth_identity: meta.auth_identity,
+        auth_identity_url: meta.auth_identity_url,
         topology_zone: meta.topology_zone,
         topology_region: meta.topology_region,
         pub_counts,
-        tls: false,
-        tls_cipher_suite: String::new(),
-        tls_version: String::new(),
+        tls: meta.tls.is_some(),
+        tls_cipher_suite: meta.tls.as_ref().map(|t| t.cipher_suite.clone()).unwrap_or_default(),
+        tls_version: meta.tls.as_ref().map(|t| t.version.clone()).unwrap_or_default(),
+        // No ALPN protocols are offered, as in nsqd; Go reports "mutual" as always true.
         tls_negotiated_protocol: String::new(),
-        tls_negotiated_protocol_is_mutual: false,
+        tls_negotiated_protocol_is_mutual: meta.tls.is_some(),
     }
 }
 

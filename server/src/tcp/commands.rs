@@ -7,13 +7,17 @@ use std::time::Duration;
 
 use engine::{EngineError, MessageError};
 use protocol::command::{message_id, parse_base10};
-use protocol::identify::{IdentifyRequest, IdentifyResponse};
+use protocol::compression::Compression;
+use protocol::frame::FrameType;
+use protocol::identify::{AuthResponse, IdentifyRequest, IdentifyResponse};
 use protocol::{ErrorCode, ProtocolError};
 
 use super::connection::{Connection, Failure};
 use super::pump::{PumpEvent, Settings};
+use super::transport;
+use crate::auth::{AuthQuery, AuthState};
 use crate::clients::{STATE_CLOSING, STATE_INIT, STATE_SUBSCRIBED, Subscription};
-use crate::options::NSQ_VERSION;
+use crate::options::{NSQ_VERSION, TlsRequired};
 
 type Reply = Result<Option<Vec<u8>>, Failure>;
 
@@ -55,6 +59,9 @@ fn engine_reason(error: &EngineError) -> String {
 impl Connection {
     pub(crate) async fn exec(&mut self, params: &[&[u8]]) -> Reply {
         let name = params.first().copied().unwrap_or_default();
+        if name != b"IDENTIFY" && self.nsqd.tls_required != TlsRequired::No && self.tls.is_none() {
+            return Err(invalid(format!("cannot {} in current state (TLS required)", text(name))));
+        }
         match name {
             b"IDENTIFY" => self.identify().await,
             b"FIN" => self.fin(params),
@@ -141,28 +148,84 @@ impl Connection {
             return ok();
         }
         let options = &self.nsqd.options;
+        let tls = self.nsqd.tls.clone().filter(|_| request.tls_v1);
+        let deflate = options.deflate && request.deflate;
+        let snappy = options.snappy && request.snappy;
+        let requested_level = if deflate && request.deflate_level > 0 {
+            request.deflate_level
+        } else {
+            6
+        };
+        let deflate_level = requested_level.min(options.max_deflate_level);
+        if deflate && snappy {
+            return Err(error(
+                ErrorCode::IdentifyFailed,
+                "cannot enable both deflate and snappy compression",
+            ));
+        }
         let millis = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
-        // TLS, snappy and deflate are not offered by this server (yet): always false.
         let response = IdentifyResponse {
             max_rdy_count: i64::try_from(options.max_rdy_count).unwrap_or(i64::MAX),
             version: NSQ_VERSION.to_owned(),
             max_msg_timeout: millis(options.max_msg_timeout),
             msg_timeout: millis(settings.msg_timeout),
-            tls_v1: false,
-            deflate: false,
-            deflate_level: 6.min(options.max_deflate_level),
+            tls_v1: tls.is_some(),
+            deflate,
+            deflate_level,
             max_deflate_level: options.max_deflate_level,
-            snappy: false,
+            snappy,
             sample_rate: settings.sample_rate,
-            auth_required: false,
+            auth_required: self.nsqd.auth.is_some(),
             output_buffer_size: i64::try_from(settings.output_buffer_size).unwrap_or(i64::MAX),
             output_buffer_timeout: settings.output_buffer_timeout.map_or(0, millis),
             topology_region: String::new(),
             topology_zone: String::new(),
         };
-        let json = serde_json::to_vec(&response)
-            .map_err(|e| error(ErrorCode::IdentifyFailed, format!("IDENTIFY failed {e}")))?;
-        Ok(Some(json))
+        let failed = |e: &dyn std::fmt::Display| {
+            error(ErrorCode::IdentifyFailed, format!("IDENTIFY failed {e}"))
+        };
+        let json = serde_json::to_vec(&response).map_err(|e| failed(&e))?;
+        let compression = if snappy {
+            Some(Compression::Snappy)
+        } else if deflate {
+            Some(Compression::Deflate { level: u32::try_from(deflate_level).unwrap_or(6) })
+        } else {
+            None
+        };
+        // The JSON goes out as it is; each upgrade is then confirmed by an OK sent through it.
+        // The writer stays locked throughout, so no heartbeat slips in between.
+        let writer = Arc::clone(&self.writer);
+        let mut writer = writer.lock().await;
+        writer.send(FrameType::Response, &json).await.map_err(|e| failed(&e))?;
+        let remote = self.client.remote;
+        if let Some(config) = tls {
+            tracing::info!("PROTOCOL(V2): [{remote}] upgrading connection to TLS");
+            let reader = std::mem::replace(&mut self.reader, transport::detached_reader());
+            let (reader, io, session) = transport::upgrade_tls(config, reader, writer.take_io())
+                .await
+                .map_err(|e| failed(&e))?;
+            self.reader = reader;
+            writer.set_io(io);
+            self.client.meta().tls = Some(session.clone());
+            self.tls = Some(session);
+            writer.send(FrameType::Response, protocol::OK).await.map_err(|e| failed(&e))?;
+        }
+        if let Some(compression) = compression {
+            match compression {
+                Compression::Deflate { level } => tracing::info!(
+                    "PROTOCOL(V2): [{remote}] upgrading connection to deflate (level {level})"
+                ),
+                Compression::Snappy => {
+                    tracing::info!("PROTOCOL(V2): [{remote}] upgrading connection to snappy");
+                }
+            }
+            let reader = std::mem::replace(&mut self.reader, transport::detached_reader());
+            self.reader = transport::decompressing(reader, compression);
+            writer.compress(compression);
+            self.client.meta().compression = Some(compression);
+            writer.send(FrameType::Response, protocol::OK).await.map_err(|e| failed(&e))?;
+        }
+        Ok(None)
     }
 
     /// The settings an IDENTIFY asks for, checked against the server's bounds in nsqd's order.
@@ -222,8 +285,76 @@ impl Connection {
             return Err(invalid("AUTH invalid number of parameters"));
         }
         let max = self.nsqd.options.max_body_size;
-        self.read_checked_body(ErrorCode::BadBody, "AUTH", max, true).await?;
-        Err(error(ErrorCode::AuthDisabled, "AUTH disabled"))
+        let body = self.read_checked_body(ErrorCode::BadBody, "AUTH", max, true).await?;
+        if self.auth.as_ref().is_some_and(AuthState::has_authorizations) {
+            return Err(invalid("AUTH already set"));
+        }
+        if self.nsqd.auth.is_none() {
+            return Err(error(ErrorCode::AuthDisabled, "AUTH disabled"));
+        }
+        self.auth_secret = text(&body);
+        self.query_auth().await?;
+        let Some(state) = self.auth.as_ref().filter(|state| state.has_authorizations()) else {
+            return Err(error(ErrorCode::Unauthorized, "AUTH no authorizations found"));
+        };
+        let response = AuthResponse {
+            identity: state.identity.clone(),
+            identity_url: state.identity_url.clone(),
+            permission_count: i64::try_from(state.permission_count()).unwrap_or(i64::MAX),
+        };
+        let json = serde_json::to_vec(&response)
+            .map_err(|e| error(ErrorCode::AuthError, format!("AUTH error {e}")))?;
+        Ok(Some(json))
+    }
+
+    /// Asks the auth servers about this client's secret, keeping the answer. Why it failed is
+    /// logged, not told to the client.
+    async fn query_auth(&mut self) -> Result<(), Failure> {
+        let Some(servers) = &self.nsqd.auth else { return Ok(()) };
+        let query = AuthQuery {
+            remote_ip: self.client.remote.ip().to_string(),
+            tls: self.tls.is_some(),
+            common_name: self.tls.as_ref().map_or("", |session| session.common_name.as_str()),
+            secret: &self.auth_secret,
+        };
+        let now = self.nsqd.engine.clock().now_ns();
+        match servers.query(&query, now).await {
+            Ok(state) => {
+                let mut meta = self.client.meta();
+                meta.authed = state.has_authorizations();
+                meta.auth_identity.clone_from(&state.identity);
+                meta.auth_identity_url.clone_from(&state.identity_url);
+                drop(meta);
+                self.auth = Some(state);
+                Ok(())
+            }
+            Err(reason) => {
+                tracing::warn!("PROTOCOL(V2): [{}] AUTH failed {reason}", self.client.remote);
+                Err(error(ErrorCode::AuthFailed, "AUTH failed"))
+            }
+        }
+    }
+
+    /// nsqd's `CheckAuth`: with auth on, `command` on `topic` (and `channel`, empty for a
+    /// publish) needs an AUTH whose answer allows it, asked again once it has expired.
+    async fn check_auth(&mut self, command: &str, topic: &str, channel: &str) -> Result<(), Failure> {
+        if self.nsqd.auth.is_none() {
+            return Ok(());
+        }
+        let Some(state) = self.auth.as_ref().filter(|state| state.has_authorizations()) else {
+            return Err(error(ErrorCode::AuthFirst, format!("AUTH required before {command}")));
+        };
+        if state.is_expired(self.nsqd.engine.clock().now_ns()) {
+            self.query_auth().await?;
+        }
+        if self.auth.as_ref().is_some_and(|state| state.is_allowed(topic, channel)) {
+            Ok(())
+        } else {
+            Err(error(
+                ErrorCode::Unauthorized,
+                format!("AUTH failed for {command} on {topic:?} {channel:?}"),
+            ))
+        }
     }
 
     async fn sub(&mut self, params: &[&[u8]]) -> Reply {
@@ -238,6 +369,7 @@ impl Connection {
         }
         let topic_name = valid_name(params[1], ErrorCode::BadTopic, "SUB topic")?;
         let channel_name = valid_name(params[2], ErrorCode::BadChannel, "SUB channel")?;
+        self.check_auth("SUB", &topic_name, &channel_name).await?;
         let sub_failed = |e: &EngineError| {
             error(ErrorCode::SubFailed, format!("SUB failed {}", engine_reason(e)))
         };
@@ -425,6 +557,7 @@ impl Connection {
             .read_body(usize::try_from(size).unwrap_or(0))
             .await
             .map_err(|_| bad(format!("{name} failed to read message body")))?;
+        self.check_auth(name, &topic_name, "").await?;
         let failed = |e: EngineError| {
             error(kind.failed_code(), format!("{name} failed {}", engine_reason(&e)))
         };
@@ -441,6 +574,7 @@ impl Connection {
         }
         // nsqd's text repeats the code here.
         let topic_name = valid_name(params[1], ErrorCode::BadTopic, "E_BAD_TOPIC MPUB topic")?;
+        self.check_auth("MPUB", &topic_name, "").await?;
         let options = &self.nsqd.options;
         let (max_body, max_msg) = (options.max_body_size, options.max_msg_size);
         let body = self.read_checked_body(ErrorCode::BadBody, "MPUB", max_body, false).await?;

@@ -11,19 +11,19 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use engine::Consumer;
 use protocol::frame::FrameType;
 use protocol::{ErrorCode, MAX_LINE_BYTES, ProtocolError};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::{Mutex, Notify, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::pump::{self, PumpEvent, Settings};
+use super::transport::{self, BoxRead};
 use super::writer::Writer;
+use crate::auth::AuthState;
 use crate::clients::Client;
 use crate::nsqd::Nsqd;
 use crate::options::{DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_OUTPUT_BUFFER_SIZE};
-
-pub(crate) type BoxRead = Box<dyn AsyncRead + Send + Sync + Unpin>;
 
 /// How long a new connection may take to send the protocol magic.
 const MAGIC_TIMEOUT: Duration = Duration::from_secs(60);
@@ -73,6 +73,11 @@ pub(crate) struct Connection {
     pub(crate) wake: Arc<Notify>,
     /// When the current command must have been read.
     pub(crate) deadline: Option<Instant>,
+    /// Set once the connection has upgraded to TLS.
+    pub(crate) tls: Option<crate::tls::Session>,
+    /// The secret of the last AUTH, and what the auth server answered.
+    pub(crate) auth_secret: String,
+    pub(crate) auth: Option<AuthState>,
 }
 
 pub(crate) async fn serve(
@@ -82,7 +87,7 @@ pub(crate) async fn serve(
     exit: CancellationToken,
 ) {
     let (read, write) = stream.into_split();
-    let mut reader: BufReader<BoxRead> = BufReader::with_capacity(MAX_LINE_BYTES, Box::new(read));
+    let mut reader = transport::command_reader(Box::new(read));
     let mut magic = [0u8; 4];
     let got_magic = tokio::select! {
         () = exit.cancelled() => return,
@@ -140,6 +145,9 @@ pub(crate) async fn serve(
         events,
         wake,
         deadline: None,
+        tls: None,
+        auth_secret: String::new(),
+        auth: None,
     };
     let outcome = tokio::select! {
         () = exit.cancelled() => Ok(()),

@@ -5,6 +5,7 @@
 mod commands;
 mod connection;
 mod pump;
+mod transport;
 mod writer;
 
 use std::sync::Arc;

@@ -1,17 +1,19 @@
 //! The connection's output: frames appended to a buffer and written by whoever holds the
 //! writer. Responses and errors are written at once; messages wait in the buffer until it
 //! holds `output_buffer_size` bytes or the pump flushes (not ready, or its timer), as nsqd
-//! does. Every write has the heartbeat interval as its deadline.
+//! does. Every write has the heartbeat interval as its deadline. After a compression upgrade
+//! each flush is compressed as one piece, so the client can decode it on arrival.
 
 use std::io;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use engine::Delivery;
+use protocol::compression::{Compression, Compressor};
 use protocol::frame::{self, FrameType};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
-pub(crate) type BoxWrite = Box<dyn AsyncWrite + Send + Sync + Unpin>;
+use super::transport::BoxWrite;
 
 /// A buffer that grew past this is given back after a flush (a single large message).
 const RETAINED_BUFFER_BYTES: usize = 256 * 1024;
@@ -21,6 +23,7 @@ pub(crate) struct Writer {
     buf: BytesMut,
     buffer_size: usize,
     write_timeout: Option<Duration>,
+    compressor: Option<Compressor>,
 }
 
 impl std::fmt::Debug for Writer {
@@ -34,7 +37,21 @@ impl std::fmt::Debug for Writer {
 
 impl Writer {
     pub(crate) fn new(io: BoxWrite, buffer_size: usize, write_timeout: Option<Duration>) -> Self {
-        Self { io, buf: BytesMut::new(), buffer_size, write_timeout }
+        Self { io, buf: BytesMut::new(), buffer_size, write_timeout, compressor: None }
+    }
+
+    /// Takes the stream out (for a TLS upgrade), leaving one that discards what it is given.
+    pub(crate) fn take_io(&mut self) -> BoxWrite {
+        std::mem::replace(&mut self.io, Box::new(tokio::io::sink()))
+    }
+
+    pub(crate) fn set_io(&mut self, io: BoxWrite) {
+        self.io = io;
+    }
+
+    /// Compresses everything written from now on.
+    pub(crate) fn compress(&mut self, compression: Compression) {
+        self.compressor = Some(Compressor::new(compression));
     }
 
     pub(crate) fn configure(&mut self, buffer_size: usize, write_timeout: Option<Duration>) {
@@ -69,7 +86,10 @@ impl Writer {
             return Ok(());
         }
         let write = async {
-            self.io.write_all(&self.buf).await?;
+            match &mut self.compressor {
+                Some(compressor) => self.io.write_all(compressor.compress(&self.buf)?).await?,
+                None => self.io.write_all(&self.buf).await?,
+            }
             self.io.flush().await
         };
         match self.write_timeout {
