@@ -54,10 +54,13 @@ impl std::fmt::Debug for Compressor {
 impl Compressor {
     pub fn new(compression: Compression) -> Self {
         let encoder = match compression {
-            Compression::Snappy => Encoder::Snappy(Box::new(snap::write::FrameEncoder::new(Vec::new()))),
-            Compression::Deflate { level } => Encoder::Deflate(
-                flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::new(level)),
-            ),
+            Compression::Snappy => {
+                Encoder::Snappy(Box::new(snap::write::FrameEncoder::new(Vec::new())))
+            }
+            Compression::Deflate { level } => Encoder::Deflate(flate2::write::DeflateEncoder::new(
+                Vec::new(),
+                flate2::Compression::new(level),
+            )),
         };
         Self { encoder }
     }
@@ -95,7 +98,10 @@ enum Decoder {
     /// The decoder reads whole chunks from a feed that holds at most one at a time, so a chunk
     /// split across reads is never half-consumed.
     Snappy(Box<snap::read::FrameDecoder<ChunkFeed>>),
-    Deflate { inflate: flate2::Decompress, ended: bool },
+    Deflate {
+        inflate: flate2::Decompress,
+        ended: bool,
+    },
 }
 
 impl std::fmt::Debug for Decompressor {

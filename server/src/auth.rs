@@ -161,7 +161,11 @@ impl AuthServers {
     /// Asks the servers in turn, from a random one, until one gives a valid answer. The error
     /// names every server that failed and why (for the log; clients are only told
     /// "AUTH failed").
-    pub(crate) async fn query(&self, query: &AuthQuery<'_>, now_ns: i64) -> Result<AuthState, String> {
+    pub(crate) async fn query(
+        &self,
+        query: &AuthQuery<'_>,
+        now_ns: i64,
+    ) -> Result<AuthState, String> {
         let start = fastrand::usize(..self.endpoints.len());
         let mut errors: Vec<String> = Vec::new();
         for i in 0..self.endpoints.len() {
@@ -279,8 +283,10 @@ mod tests {
             error(r#"{"ttl":1,"authorizations":[{"topic":"t","permissions":["read"]}]}"#),
             "unknown permission read"
         );
-        assert!(error(r#"{"ttl":1,"authorizations":[{"topic":"(","channels":[]}]}"#)
-            .starts_with("unable to compile topic \"(\""));
+        assert!(
+            error(r#"{"ttl":1,"authorizations":[{"topic":"(","channels":[]}]}"#)
+                .starts_with("unable to compile topic \"(\"")
+        );
         assert!(
             error(r#"{"ttl":1,"authorizations":[{"topic":"t","channels":["["]}]}"#)
                 .starts_with("unable to compile channel \"[\"")

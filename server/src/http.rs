@@ -46,7 +46,11 @@ pub(crate) async fn serve(nsqd: Shared, listener: TcpListener, shutdown: Cancell
 }
 
 /// Serves the same API over TLS.
-pub(crate) async fn serve_https(nsqd: Shared, listener: HttpsListener, shutdown: CancellationToken) {
+pub(crate) async fn serve_https(
+    nsqd: Shared,
+    listener: HttpsListener,
+    shutdown: CancellationToken,
+) {
     let served = axum::serve(listener, router(nsqd))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await;
@@ -56,16 +60,18 @@ pub(crate) async fn serve_https(nsqd: Shared, listener: HttpsListener, shutdown:
     tracing::info!("HTTPS: closing");
 }
 
-async fn refuse_without_tls(State(nsqd): State<Shared>, _request: Request, _next: Next) -> Response {
+async fn refuse_without_tls(
+    State(nsqd): State<Shared>,
+    _request: Request,
+    _next: Next,
+) -> Response {
     // nsqd's exact body, spacing included.
     let body = format!(r#"{{"message": "TLS_REQUIRED", "https_port": {}}}"#, nsqd.https_port);
     let mut response = (StatusCode::FORBIDDEN, body).into_response();
     let headers = response.headers_mut();
     headers.insert("X-NSQ-Content-Type", HeaderValue::from_static("nsq; version=1.0"));
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json; charset=utf-8"),
-    );
+    headers
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
     response
 }
 

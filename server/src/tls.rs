@@ -87,7 +87,9 @@ fn roots(ca_file: Option<&Path>) -> anyhow::Result<RootCertStore> {
 }
 
 /// The server configuration, or `None` when neither `--tls-cert` nor `--tls-key` is given.
-pub(crate) fn server_config(options: &Options) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
+pub(crate) fn server_config(
+    options: &Options,
+) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
     let (cert, key) = match (path(&options.tls_cert), path(&options.tls_key)) {
         (None, None) => return Ok(None),
         (Some(cert), Some(key)) => (cert, key),
@@ -98,18 +100,17 @@ pub(crate) fn server_config(options: &Options) -> anyhow::Result<Option<Arc<rust
         let key = PrivateKeyDer::from_pem_file(key)
             .with_context(|| format!("reading the private key from {}", key.display()))?;
         let provider = provider();
-        let verifier: Arc<dyn ClientCertVerifier> =
-            match options.tls_client_auth_policy.as_str() {
-                "require" => Arc::new(AnyClientCert {
-                    algorithms: provider.signature_verification_algorithms,
-                }),
-                "require-verify" => {
-                    let roots = roots(path(&options.tls_root_ca_file))?;
-                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                        .build()?
-                }
-                _ => WebPkiClientVerifier::no_client_auth(),
-            };
+        let verifier: Arc<dyn ClientCertVerifier> = match options.tls_client_auth_policy.as_str() {
+            "require" => {
+                Arc::new(AnyClientCert { algorithms: provider.signature_verification_algorithms })
+            }
+            "require-verify" => {
+                let roots = roots(path(&options.tls_root_ca_file))?;
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                    .build()?
+            }
+            _ => WebPkiClientVerifier::no_client_auth(),
+        };
         let config = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(versions(options.tls_min_version))?
             .with_client_cert_verifier(verifier)
@@ -122,8 +123,8 @@ pub(crate) fn server_config(options: &Options) -> anyhow::Result<Option<Arc<rust
 
 /// The configuration for HTTPS requests to auth servers.
 pub(crate) fn client_config(options: &Options) -> anyhow::Result<rustls::ClientConfig> {
-    let roots = roots(path(&options.tls_root_ca_file))
-        .context("failed to build client TLS config")?;
+    let roots =
+        roots(path(&options.tls_root_ca_file)).context("failed to build client TLS config")?;
     let config = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(versions(options.tls_min_version))?
         .with_root_certificates(roots)

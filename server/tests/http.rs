@@ -443,8 +443,8 @@ async fn stats_json_matches_nsqd_shape_field_by_field() {
     fix_connect_ts(&mut doc["topics"][0]["channels"][0]["clients"][0], before..=after);
     fix_connect_ts(&mut doc["producers"][0], before..=after);
 
-    let consumer_address = consumer.stream.local_addr().unwrap().to_string();
-    let producer_address = producer.stream.local_addr().unwrap().to_string();
+    let consumer_address = consumer.local_addr.to_string();
+    let producer_address = producer.local_addr.to_string();
     let no_latency = json!({ "count": 0, "percentiles": null });
     let consumer_json = json!({
         "client_id": "worker-1",
@@ -696,8 +696,8 @@ async fn stats_text_lists_topics_channels_and_clients() {
     assert_ok(&server.http("POST", target, b"").await, "");
     let text = server.http("GET", "/stats?include_mem=false", b"").await.text();
     assert!(!text.contains("Memory:"), "{text}");
-    let consumer_port = consumer.stream.local_addr().unwrap().port();
-    let producer_port = producer.stream.local_addr().unwrap().port();
+    let consumer_port = consumer.local_addr.port();
+    let producer_port = producer.local_addr.port();
     let expected_topic =
         "\nTopics:\n*P [orders         ] depth: 0     be-depth: 0     msgs: 1        e2e%: \n";
     assert!(text.contains(expected_topic), "{text}");

@@ -7,7 +7,6 @@ mod common;
 use common::TestServer;
 use protocol::command::Command;
 use protocol::frame::Frame;
-use tokio::io::AsyncWriteExt;
 use tokio::time::{Duration, Instant};
 
 #[tokio::test]
@@ -215,7 +214,7 @@ async fn pub_errors_are_fatal_with_nsqds_texts() {
     // A body cut short by the client's close fails to read.
     let mut client = server.connect().await;
     client.send(b"PUB t\n\x00\x00\x00\x05abc").await;
-    client.stream.shutdown().await.unwrap();
+    client.shutdown_write().await;
     client.expect_fatal("E_BAD_MESSAGE PUB failed to read message body").await;
     assert!(server.engine.get_topic("t").is_none(), "nothing was published");
     server.stop().await;

@@ -151,11 +151,8 @@ impl Connection {
         let tls = self.nsqd.tls.clone().filter(|_| request.tls_v1);
         let deflate = options.deflate && request.deflate;
         let snappy = options.snappy && request.snappy;
-        let requested_level = if deflate && request.deflate_level > 0 {
-            request.deflate_level
-        } else {
-            6
-        };
+        let requested_level =
+            if deflate && request.deflate_level > 0 { request.deflate_level } else { 6 };
         let deflate_level = requested_level.min(options.max_deflate_level);
         if deflate && snappy {
             return Err(error(
@@ -337,7 +334,12 @@ impl Connection {
 
     /// nsqd's `CheckAuth`: with auth on, `command` on `topic` (and `channel`, empty for a
     /// publish) needs an AUTH whose answer allows it, asked again once it has expired.
-    async fn check_auth(&mut self, command: &str, topic: &str, channel: &str) -> Result<(), Failure> {
+    async fn check_auth(
+        &mut self,
+        command: &str,
+        topic: &str,
+        channel: &str,
+    ) -> Result<(), Failure> {
         if self.nsqd.auth.is_none() {
             return Ok(());
         }

@@ -2,6 +2,8 @@
 //! storage with a clock the test moves, and raw-bytes clients for its TCP and HTTP sides.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod pki;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,11 +12,13 @@ use bytes::{Bytes, BytesMut};
 use engine::clock::ManualClock;
 use engine::{Engine, EngineConfig};
 use protocol::command::Command;
+use protocol::compression::{Compression, Compressor, Decompressor};
 use protocol::frame::{Frame, Message, decode_frame};
 use server::logging::{LogControl, LogLevel};
 use server::{Nsqd, Options, RunningNsqd};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 
 /// An nsqd on `127.0.0.1:0`, with the memory queue off unless the test says otherwise.
 pub struct TestServer {
@@ -23,6 +27,8 @@ pub struct TestServer {
     pub clock: Arc<ManualClock>,
     pub tcp: SocketAddr,
     pub http: SocketAddr,
+    /// With TLS configured.
+    pub https: Option<SocketAddr>,
 }
 
 impl TestServer {
@@ -32,10 +38,15 @@ impl TestServer {
 
     /// Starts with extra nsqd flags, in NSQ's syntax.
     pub async fn start_with(flags: &[&str]) -> Self {
+        Self::try_start_with(flags).await.expect("start")
+    }
+
+    /// Starts a server, or says why it would not start (bad flags, TLS files, ports).
+    pub async fn try_start_with(flags: &[&str]) -> anyhow::Result<Self> {
         let mut args = vec!["nsqd", "--tcp-address=127.0.0.1:0", "--http-address=127.0.0.1:0"];
         args.push("--mem-queue-size=0");
         args.extend_from_slice(flags);
-        let options = Options::parse_args(args).expect("options");
+        let options = Options::parse_args(args)?;
         let clock = Arc::new(ManualClock::default());
         let config = EngineConfig { ..options.engine_config() };
         let (engine, _) = Engine::open_with(
@@ -44,15 +55,14 @@ impl TestServer {
             Arc::new(engine::storage::SimStorage::new()),
             engine::meta::MetaStore::in_memory(Arc::new(engine::meta::MemoryMeta::new())),
             clock.clone(),
-        )
-        .expect("engine");
+        )?;
         let engine = Arc::new(engine);
-        let running = Nsqd::start(options, Arc::clone(&engine), LogControl::fixed(LogLevel::Info))
-            .await
-            .expect("start");
+        let running =
+            Nsqd::start(options, Arc::clone(&engine), LogControl::fixed(LogLevel::Info)).await?;
         let tcp = running.tcp_addr();
         let http = running.http_addr().expect("http");
-        Self { running: Some(running), engine, clock, tcp, http }
+        let https = running.https_addr();
+        Ok(Self { running: Some(running), engine, clock, tcp, http, https })
     }
 
     pub fn nsqd(&self) -> &Arc<Nsqd> {
@@ -76,7 +86,14 @@ impl TestServer {
     pub async fn connect_raw(&self) -> Client {
         let stream = TcpStream::connect(self.tcp).await.expect("connect");
         stream.set_nodelay(true).expect("nodelay");
-        Client { stream, buf: BytesMut::new() }
+        Client {
+            local_addr: stream.local_addr().expect("local address"),
+            stream: Box::new(stream),
+            buf: BytesMut::new(),
+            raw: BytesMut::new(),
+            compressor: None,
+            decompressor: None,
+        }
     }
 
     /// A subscribed consumer with `rdy`, heartbeats at their default.
@@ -106,14 +123,110 @@ impl TestServer {
 }
 
 /// A raw V2 connection.
+/// A connection's byte stream: TCP, or TLS over it.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// A V2 client that speaks raw frames, with TLS and compression when it upgrades.
 pub struct Client {
-    pub stream: TcpStream,
+    stream: Box<dyn Stream>,
+    pub local_addr: SocketAddr,
+    /// Received bytes, decompressed, not yet decoded into frames.
     buf: BytesMut,
+    /// Received bytes not yet decompressed.
+    raw: BytesMut,
+    compressor: Option<Compressor>,
+    decompressor: Option<Decompressor>,
 }
 
 impl Client {
     pub async fn send(&mut self, bytes: &[u8]) {
+        let bytes = match &mut self.compressor {
+            Some(compressor) => compressor.compress(bytes).expect("compress"),
+            None => bytes,
+        };
         self.stream.write_all(bytes).await.expect("write");
+    }
+
+    /// Sends bytes as they are, even on a compressed connection.
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write");
+    }
+
+    pub async fn shutdown_write(&mut self) {
+        self.stream.shutdown().await.expect("shutdown");
+    }
+
+    /// Runs the client side of a TLS handshake (after an IDENTIFY answered `tls_v1`).
+    pub async fn start_tls(&mut self, connector: &TlsConnector) -> std::io::Result<()> {
+        assert!(self.buf.is_empty() && self.raw.is_empty(), "bytes before the handshake");
+        let plain = std::mem::replace(
+            &mut self.stream,
+            Box::new(tokio::io::join(tokio::io::empty(), tokio::io::sink())),
+        );
+        let tls = connector.connect(pki::server_name(), plain).await?;
+        self.stream = Box::new(tls);
+        Ok(())
+    }
+
+    /// Compresses what is sent and decompresses what arrives from now on; bytes already
+    /// received past the last frame are compressed ones.
+    pub fn start_compression(&mut self, compression: Compression) {
+        self.compressor = Some(Compressor::new(compression));
+        self.decompressor = Some(Decompressor::new(compression));
+        self.raw = self.buf.split();
+        self.inflate();
+    }
+
+    /// IDENTIFY with feature negotiation, then the upgrades the answer names, each checked
+    /// for its `OK`. Returns the answer.
+    pub async fn negotiate(
+        &mut self,
+        json: &str,
+        connector: Option<&TlsConnector>,
+    ) -> serde_json::Value {
+        let answer = self.identify(json).await;
+        let answer: serde_json::Value = serde_json::from_slice(&answer).expect("IDENTIFY JSON");
+        if answer["tls_v1"] == true {
+            self.start_tls(connector.expect("a TLS connector")).await.expect("TLS handshake");
+            self.expect_ok().await;
+        }
+        if answer["snappy"] == true {
+            self.start_compression(Compression::Snappy);
+            self.expect_ok().await;
+        }
+        if answer["deflate"] == true {
+            let level = answer["deflate_level"].as_u64().expect("level");
+            self.start_compression(Compression::Deflate { level: level as u32 });
+            self.expect_ok().await;
+        }
+        answer
+    }
+
+    /// Reads more bytes into `buf`; false at the end of the stream or on an error.
+    async fn receive(&mut self) -> bool {
+        if self.decompressor.is_none() {
+            return matches!(self.stream.read_buf(&mut self.buf).await, Ok(n) if n > 0);
+        }
+        if !matches!(self.stream.read_buf(&mut self.raw).await, Ok(n) if n > 0) {
+            return false;
+        }
+        self.inflate();
+        true
+    }
+
+    /// Decompresses what `raw` holds into `buf`.
+    fn inflate(&mut self) {
+        let Some(decompressor) = &mut self.decompressor else { return };
+        let mut out = vec![0u8; 64 * 1024];
+        loop {
+            let (used, produced) = decompressor.decompress(&self.raw, &mut out).expect("inflate");
+            let _ = self.raw.split_to(used);
+            self.buf.extend_from_slice(&out[..produced]);
+            if used == 0 && produced == 0 {
+                return;
+            }
+        }
     }
 
     pub async fn command(&mut self, command: Command<'_>) {
@@ -126,13 +239,9 @@ impl Client {
             if let Some(frame) = decode_frame(&mut self.buf, 64 << 20).expect("frame") {
                 return Some(frame);
             }
-            let read = self.stream.read_buf(&mut self.buf).await;
-            match read {
-                Ok(0) | Err(_) => {
-                    assert!(self.buf.is_empty(), "closed inside a frame: {:?}", self.buf);
-                    return None;
-                }
-                Ok(_) => {}
+            if !self.receive().await {
+                assert!(self.buf.is_empty(), "closed inside a frame: {:?}", self.buf);
+                return None;
             }
         }
     }
@@ -232,7 +341,30 @@ pub async fn http_request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> HttpReply {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    http_exchange(Box::new(stream), addr, method, target, headers, body).await
+}
+
+/// An HTTPS request, or the handshake's error.
+pub async fn https_request(
+    addr: SocketAddr,
+    connector: &TlsConnector,
+    method: &str,
+    target: &str,
+) -> std::io::Result<HttpReply> {
+    let tcp = TcpStream::connect(addr).await?;
+    let tls = connector.connect(pki::server_name(), tcp).await?;
+    Ok(http_exchange(Box::new(tls), addr, method, target, &[], b"").await)
+}
+
+async fn http_exchange(
+    mut stream: Box<dyn Stream>,
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpReply {
     let mut request =
         format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     // A body framed by the test (its own Content-Length, or chunked) gets no length added.
