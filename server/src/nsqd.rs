@@ -90,6 +90,15 @@ impl Nsqd {
         if self.options.mem_queue_size == 0 { blocking(publish).await } else { publish() }
     }
 
+    /// Checks what start-up would build from the options (the TLS configuration with its
+    /// certificate files, the auth servers' client), so that a bad certificate stops nsqd
+    /// before it opens its data directory.
+    pub fn check(options: &Options) -> anyhow::Result<()> {
+        crate::tls::server_config(options)?;
+        AuthServers::new(options)?;
+        Ok(())
+    }
+
     /// Binds the listeners and starts serving. The engine's background work (timers, queued
     /// writes, checkpoints) is the caller's to start: the binary starts it, tests drive it.
     pub async fn start(

@@ -4,8 +4,17 @@
 
 use std::process::Command;
 
+/// Runs nsqd in an empty directory, so a start that goes too far writes nothing here.
 fn nsqd(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_nsqd")).args(args).output().expect("run nsqd")
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_nsqd"))
+        .args(args)
+        .current_dir(dir.path())
+        .output()
+        .expect("run nsqd");
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(left.is_empty() || output.status.success(), "{args:?} failed after writing {left:?}");
+    output
 }
 
 #[test]
@@ -22,13 +31,16 @@ fn version_prints_nsqds_line_and_exits_0() {
 
 #[test]
 fn bad_flags_and_values_are_refused_with_a_message() {
-    // Goal: nothing misconfigured starts. Method: an unknown flag, a bad duration, an
-    // out-of-range node id and an unsupported feature each exit non-zero naming the problem.
+    // Goal: nothing misconfigured starts, or touches a data directory. Method: an unknown
+    // flag, a bad duration, an out-of-range node id, an unsupported feature and unusable TLS
+    // files each exit non-zero naming the problem, having written nothing.
     for (args, needle) in [
         (&["--no-such-flag"][..], "no-such-flag"),
         (&["-msg-timeout", "soon"], "soon"),
         (&["--node-id=5000"], "5000"),
-        (&["--tls-cert=cert.pem"], "tls-cert"),
+        (&["--lookupd-tcp-address=127.0.0.1:4160"], "lookupd-tcp-address"),
+        (&["--tls-cert=cert.pem"], "--tls-cert and --tls-key"),
+        (&["--tls-cert=cert.pem", "--tls-key=key.pem"], "cert.pem"),
     ] {
         let output = nsqd(args);
         assert!(!output.status.success(), "{args:?}");

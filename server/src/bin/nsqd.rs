@@ -48,6 +48,7 @@ fn run(options: Options, log: logging::LogControl) -> anyhow::Result<()> {
         .context("starting the runtime")?;
     runtime.block_on(async move {
         tracing::info!("{}", server::options::version_line("nsqd"));
+        Nsqd::check(&options)?;
         let data_path = options.data_path.clone();
         let config = options.engine_config();
         let (engine, report) =
