@@ -7,10 +7,17 @@ requeued without delay on its first attempt and finished on its second. Once eve
 been finished, the script polls nsqd's /stats until the channel shows nothing in flight, ready
 or deferred (FIN has no reply: only the server can say it arrived), then exits 0.
 
+Both clients ask in IDENTIFY for the upgrades the flags name: --tls-ca-file (TLS, trusting
+that CA), --snappy, --deflate. With --big-bytes one more PUB carries a body that large.
+
 Output on stdout, one line per event, for the Rust test to check:
     ACK <pub|mpub|dpub>           a publish command answered OK
-    RECEIVED <body> <attempts>    a delivery, in arrival order
+    RECEIVED <label> <attempts>   a delivery, in arrival order; the label is the body, or
+                                  "big-<bytes>" for the large one
     STATS <channel stats JSON>    the channel's /stats entry once everything is finished
+    CLIENTS <JSON>                what /stats then says of the connected clients' upgrades:
+                                  {"consumers": [...], "producers": [...]}, each entry with
+                                  tls, tls_version, snappy and deflate
     DONE
 On any failure it prints "FAIL <reason>" and exits 1. It never runs longer than --timeout
 seconds (then it fails), and SIGALRM kills it a few seconds later should even that hang.
@@ -20,13 +27,15 @@ import argparse
 import asyncio
 import json
 import logging
+import random
 import signal
 import sys
 
 import nsq
 import tornado.httpclient
 
-REQUEUE_BODY = "requeue-me"
+REQUEUE_BODY = b"requeue-me"
+UPGRADE_FIELDS = ("tls", "tls_version", "snappy", "deflate")
 
 
 def say(line):
@@ -35,12 +44,36 @@ def say(line):
 
 def expected_bodies(args):
     """Every body published, by the command that publishes it."""
-    pubs = [f"pub-{i}" for i in range(args.pubs)] + [REQUEUE_BODY]
+    pubs = [f"pub-{i}".encode() for i in range(args.pubs)] + [REQUEUE_BODY]
+    if args.big_bytes:
+        letters = random.Random(7).choices(b"abcdefghijklmnopqrstuvwxyz", k=args.big_bytes)
+        pubs.append(bytes(letters))
     mpubs = [
-        [f"mpub-{b}-{i}" for i in range(args.mpub_size)] for b in range(args.mpub_batches)
+        [f"mpub-{b}-{i}".encode() for i in range(args.mpub_size)]
+        for b in range(args.mpub_batches)
     ]
-    dpubs = ["dpub-0"]
+    dpubs = [b"dpub-0"]
     return pubs, mpubs, dpubs
+
+
+def label(body):
+    """How a body is reported: itself, or its size when it is the large one."""
+    return f"big-{len(body)}" if len(body) > 64 else body.decode()
+
+
+def upgrades(clients):
+    """The upgrade fields of /stats client entries."""
+    return [{k: client[k] for k in UPGRADE_FIELDS} for client in clients]
+
+
+def connection_options(args):
+    """The upgrades both clients ask for (keyword arguments of nsq.AsyncConn)."""
+    options = {"snappy": args.snappy, "deflate": args.deflate}
+    if args.tls_ca_file:
+        # pynsq's defaults add cert_reqs=CERT_REQUIRED and TLS 1.2: the server's chain must
+        # lead to this CA (tornado does not check the host name with those options).
+        options.update(tls_v1=True, tls_options={"ca_certs": args.tls_ca_file})
+    return options
 
 
 class Roundtrip:
@@ -64,10 +97,11 @@ class Roundtrip:
             self.done.set_exception(RuntimeError(reason))
 
     def state(self):
+        missing = sorted(label(b) for b in self.expected - self.finished)
         return (
             f"acks={self.acks}/{self.commands} "
             f"finished={len(self.finished)}/{len(self.expected)} "
-            f"missing={sorted(self.expected - self.finished)[:10]}"
+            f"missing={missing[:10]}"
         )
 
     # Writer side.
@@ -76,15 +110,12 @@ class Roundtrip:
             return
         self.published = True
         for body in self.pubs:
-            self.writer.pub(self.args.topic, body.encode(), callback=self.acked("pub"))
+            self.writer.pub(self.args.topic, body, callback=self.acked("pub"))
         for batch in self.mpubs:
-            bodies = [b.encode() for b in batch]
-            self.writer.mpub(self.args.topic, bodies, callback=self.acked("mpub"))
+            self.writer.mpub(self.args.topic, batch, callback=self.acked("mpub"))
         self.dpub_sent_at = asyncio.get_running_loop().time()
         for body in self.dpubs:
-            self.writer.dpub(
-                self.args.topic, self.args.dpub_ms, body.encode(), callback=self.acked("dpub")
-            )
+            self.writer.dpub(self.args.topic, self.args.dpub_ms, body, callback=self.acked("dpub"))
 
     def acked(self, command):
         def callback(conn, data):
@@ -98,10 +129,12 @@ class Roundtrip:
 
     # Reader side.
     def handle(self, message):
-        body = message.body.decode()
-        say(f"RECEIVED {body} {message.attempts}")
+        body = message.body
         if body not in self.expected:
-            self.fail(f"unexpected body {body!r}")
+            say(f"RECEIVED unexpected-{len(body)} {message.attempts}")
+            self.fail(f"unexpected body of {len(body)} bytes: {body[:40]!r}")
+            return
+        say(f"RECEIVED {label(body)} {message.attempts}")
         if body in self.dpubs:
             waited = asyncio.get_running_loop().time() - self.dpub_sent_at
             if waited < self.args.dpub_ms / 1000:
@@ -110,14 +143,15 @@ class Roundtrip:
             message.requeue(backoff=False, delay=0)
             return
         if body in self.finished:
-            self.fail(f"{body!r} delivered again after it was finished")
+            self.fail(f"{label(body)!r} delivered again after it was finished")
         message.finish()
         self.finished.add(body)
         if self.finished == self.expected and not self.done.done():
             self.done.set_result(None)
 
     async def channel_settled(self):
-        """Polls /stats until the channel has nothing in flight, ready or deferred."""
+        """Polls /stats until the channel has nothing in flight, ready or deferred; returns the
+        channel's entry and the producers'."""
         url = (
             f"http://{self.args.nsqd_http}/stats?format=json"
             f"&topic={self.args.topic}&channel={self.args.channel}"
@@ -136,7 +170,7 @@ class Roundtrip:
             if channels and all(
                 channels[0][k] == 0 for k in ("depth", "in_flight_count", "deferred_count")
             ):
-                return channels[0]
+                return channels[0], stats.get("producers") or []
             # Paces the polling of the condition above.
             await asyncio.sleep(0.02)
 
@@ -149,20 +183,28 @@ class Roundtrip:
                 if conn.id in self.conns:
                     roundtrip.on_writer_ready()
 
-        self.writer = Writer(nsqd_tcp_addresses=[self.args.nsqd_tcp])
+        options = connection_options(self.args)
+        self.writer = Writer(nsqd_tcp_addresses=[self.args.nsqd_tcp], **options)
         self.reader = nsq.Reader(
             topic=self.args.topic,
             channel=self.args.channel,
             nsqd_tcp_addresses=[self.args.nsqd_tcp],
             message_handler=self.handle,
             max_in_flight=self.args.max_in_flight,
+            **options,
         )
         await self.done
         if self.acks != self.commands:
             raise RuntimeError(f"all finished but only {self.acks} publish acknowledgements")
-        channel = await self.channel_settled()
+        channel, producers = await self.channel_settled()
         keys = ("depth", "in_flight_count", "deferred_count", "message_count", "requeue_count")
         say("STATS " + json.dumps({k: channel[k] for k in keys}, sort_keys=True))
+        # Both connections are still open: /stats shows what each negotiated.
+        clients = {
+            "consumers": upgrades(channel["clients"] or []),
+            "producers": upgrades(producers),
+        }
+        say("CLIENTS " + json.dumps(clients, sort_keys=True))
         # Closing our own connections makes pynsq log their pending reads as errors.
         logging.getLogger("nsq").setLevel(logging.CRITICAL)
         self.reader.close()
@@ -195,6 +237,10 @@ if __name__ == "__main__":
     parser.add_argument("--mpub-size", type=int, default=10)
     parser.add_argument("--dpub-ms", type=int, default=100)
     parser.add_argument("--max-in-flight", type=int, default=16)
+    parser.add_argument("--big-bytes", type=int, default=0, help="one more PUB this large")
+    parser.add_argument("--tls-ca-file", help="upgrade to TLS, trusting this CA (PEM)")
+    parser.add_argument("--snappy", action="store_true", help="upgrade to snappy")
+    parser.add_argument("--deflate", action="store_true", help="upgrade to DEFLATE")
     parser.add_argument("--timeout", type=int, default=30, help="seconds before failing")
     arguments = parser.parse_args()
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(name)s %(message)s")
