@@ -8,6 +8,7 @@
 //! - [`compression`]: snappy and DEFLATE as negotiated in IDENTIFY, for either side.
 //! - [`error`]: the `E_*` error codes, their texts and which of them close the connection.
 //! - [`identify`]: the IDENTIFY request and response bodies (JSON).
+//! - [`lookup`]: nsqlookupd's TCP protocol V1 (IDENTIFY, REGISTER, UNREGISTER, PING).
 //! - [`mpub`]: the MPUB body, `[i32 count]([i32 size][bytes])*`, decoded with NSQ's limits.
 //!
 //! All integers on the wire are big-endian, as NSQ specifies.
@@ -20,6 +21,7 @@ pub mod compression;
 pub mod error;
 pub mod frame;
 pub mod identify;
+pub mod lookup;
 pub mod mpub;
 
 pub use error::{ErrorCode, ProtocolError};

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::parser::ValueSource;
-use clap::{ArgAction, CommandFactory, FromArgMatches, Parser};
+use clap::{ArgAction, Parser};
 
 /// The version nsqd reports (`--version`, `/info`, IDENTIFY, `/stats`): the NSQ release whose
 /// protocol and API this server implements, so that tools comparing versions treat it as such.
@@ -82,6 +82,9 @@ pub struct Options {
     /// HTTP port that will be registered with lookupd (defaults to the HTTP port that this nsqd is listening on)
     #[arg(long, default_value_t = 0)]
     pub broadcast_http_port: u16,
+    /// lookupd TCP address (may be given multiple times)
+    #[arg(long = "lookupd-tcp-address", action = ArgAction::Append)]
+    pub lookupd_tcp_addresses: Vec<String>,
 
     /// path to store disk-backed messages
     #[arg(long, default_value = DEFAULT_DATA_PATH)]
@@ -263,12 +266,14 @@ const DURATION_FLAGS: &[&str] = &[
     "e2e-processing-latency-window-time",
     "http-client-connect-timeout",
     "http-client-request-timeout",
+    // nsqlookupd's
+    "inactive-producer-timeout",
+    "tombstone-lifetime",
 ];
 
 /// Options of NSQ's nsqd that this server does not implement: refused rather than ignored, so
 /// nobody believes they are in effect.
 const UNSUPPORTED_FLAGS: &[&str] = &[
-    "lookupd-tcp-address",
     "statsd-address",
     "statsd-interval",
     "statsd-mem-stats",
@@ -360,53 +365,61 @@ fn toml_to_flag_values(flag: &str, value: &toml::Value) -> anyhow::Result<Vec<St
     }
 }
 
+/// Parses a command line (the program name first) for any of the daemons' option sets: Go
+/// syntax accepted, then the `--config` file it names merged in under the command line. Keys of
+/// `unsupported` flags in the file stop the parse; unknown keys are logged and ignored.
+pub fn parse_with_config<T, I, A>(args: I, unsupported: &[&str]) -> anyhow::Result<T>
+where
+    T: Parser,
+    I: IntoIterator<Item = A>,
+    A: Into<OsString>,
+{
+    let args = normalize_go_args(args);
+    let command = T::command();
+    let matches = command.clone().try_get_matches_from(&args)?;
+    let Some(config_path) = matches.get_one::<PathBuf>("config").cloned() else {
+        return Ok(T::from_arg_matches(&matches)?);
+    };
+    let text = std::fs::read_to_string(&config_path)
+        .with_context(|| format!("failed to load config file {}", config_path.display()))?;
+    let table: toml::Table = toml::from_str(&text)
+        .with_context(|| format!("failed to load config file {}", config_path.display()))?;
+    let mut from_file: Vec<OsString> = Vec::new();
+    for (key, value) in &table {
+        let flag = config_key_to_flag(key);
+        if unsupported.contains(&flag.as_str()) {
+            bail!(
+                "config file {}: option {key:?} is not supported by this build",
+                config_path.display()
+            );
+        }
+        let Some(arg) = command.get_arguments().find(|a| a.get_long() == Some(flag.as_str()))
+        else {
+            tracing::warn!(key = %key, "unknown option in the config file, ignored");
+            continue;
+        };
+        let id = arg.get_id().as_str();
+        if matches.value_source(id) == Some(ValueSource::CommandLine) || id == "config" {
+            continue;
+        }
+        for value in toml_to_flag_values(&flag, value)? {
+            from_file.push(format!("--{flag}={value}").into());
+        }
+    }
+    let mut merged: Vec<OsString> = args[..1].to_vec();
+    merged.extend(from_file);
+    merged.extend(args[1..].iter().cloned());
+    T::try_parse_from(merged).with_context(|| format!("in config file {}", config_path.display()))
+}
+
 impl Options {
-    /// Parses a command line (the program name first), Go syntax accepted, and the config file
-    /// it names.
+    /// Parses nsqd's command line and the config file it names.
     pub fn parse_args<I, T>(args: I) -> anyhow::Result<Options>
     where
         I: IntoIterator<Item = T>,
         T: Into<OsString>,
     {
-        let args = normalize_go_args(args);
-        let command = Options::command();
-        let matches = command.clone().try_get_matches_from(&args)?;
-        let options = Options::from_arg_matches(&matches)?;
-        let Some(config_path) = options.config.clone() else {
-            options.validate()?;
-            return Ok(options);
-        };
-        let text = std::fs::read_to_string(&config_path)
-            .with_context(|| format!("failed to load config file {}", config_path.display()))?;
-        let table: toml::Table = toml::from_str(&text)
-            .with_context(|| format!("failed to load config file {}", config_path.display()))?;
-        let mut from_file: Vec<OsString> = Vec::new();
-        for (key, value) in &table {
-            let flag = config_key_to_flag(key);
-            if UNSUPPORTED_FLAGS.contains(&flag.as_str()) {
-                bail!(
-                    "config file {}: option {key:?} is not supported by this nsqd",
-                    config_path.display()
-                );
-            }
-            let Some(arg) = command.get_arguments().find(|a| a.get_long() == Some(flag.as_str()))
-            else {
-                tracing::warn!(key = %key, "unknown option in the config file, ignored");
-                continue;
-            };
-            let id = arg.get_id().as_str();
-            if matches.value_source(id) == Some(ValueSource::CommandLine) || id == "config" {
-                continue;
-            }
-            for value in toml_to_flag_values(&flag, value)? {
-                from_file.push(format!("--{flag}={value}").into());
-            }
-        }
-        let mut merged: Vec<OsString> = args[..1].to_vec();
-        merged.extend(from_file);
-        merged.extend(args[1..].iter().cloned());
-        let options = Options::try_parse_from(merged)
-            .with_context(|| format!("in config file {}", config_path.display()))?;
+        let options: Options = parse_with_config(args, UNSUPPORTED_FLAGS)?;
         options.validate()?;
         Ok(options)
     }
@@ -537,7 +550,7 @@ mod tests {
             &["--tls-client-auth-policy=require"],
             &["--tls-min-version=ssl3.0"],
             &["--auth-http-request-method=put"],
-            &["--lookupd-tcp-address=127.0.0.1:4160"],
+            &["--statsd-address=127.0.0.1:8125"],
             &["--no-such-flag"],
         ] {
             let result = Options::parse_args(std::iter::once("nsqd").chain(args.iter().copied()));

@@ -38,7 +38,7 @@ fn bad_flags_and_values_are_refused_with_a_message() {
         (&["--no-such-flag"][..], "no-such-flag"),
         (&["-msg-timeout", "soon"], "soon"),
         (&["--node-id=5000"], "5000"),
-        (&["--lookupd-tcp-address=127.0.0.1:4160"], "lookupd-tcp-address"),
+        (&["--statsd-address=127.0.0.1:8125"], "statsd-address"),
         (&["--tls-cert=cert.pem"], "--tls-cert and --tls-key"),
         (&["--tls-cert=cert.pem", "--tls-key=key.pem"], "cert.pem"),
     ] {
