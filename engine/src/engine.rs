@@ -20,6 +20,7 @@
 //! memory-queued records, fsyncs logs whose interval has passed, and checkpoints. Tests leave it
 //! off and call the same steps themselves, with a clock they move.
 
+use crate::changes::{Change, Observer, Observers};
 use crate::sync::lock;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -53,6 +54,7 @@ pub(crate) struct Context {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) timers: Timers,
     pub(crate) next_uid: AtomicU64,
+    pub(crate) observers: Observers,
 }
 
 /// What opening found.
@@ -139,6 +141,7 @@ impl Engine {
             clock,
             timers: Timers::default(),
             next_uid: AtomicU64::new(1),
+            observers: Observers::default(),
         });
         let inner = Arc::new(EngineInner {
             ctx,
@@ -190,6 +193,12 @@ impl Engine {
     /// Deletes a topic: its channels, its progress and its log files.
     pub fn delete_topic(&self, name: &str) -> Result<(), EngineError> {
         self.inner.delete_topic(name)
+    }
+
+    /// Sets the one observer told of every topic and channel created or deleted from now on
+    /// (see [`crate::changes`]).
+    pub fn observe(&self, observer: Observer) {
+        self.inner.ctx.observers.set(observer);
     }
 
     /// Checkpoints every channel, flushes the store, then applies retention. See the module
@@ -361,6 +370,7 @@ impl EngineInner {
             self.meta.flush()?;
         }
         self.write_topics().insert(name.to_owned(), Arc::clone(&topic));
+        self.ctx.observers.notify(Change::TopicCreated(name.to_owned()));
         Ok(topic)
     }
 
@@ -370,6 +380,7 @@ impl EngineInner {
             return Err(EngineError::TopicNotFound(name.to_owned()));
         };
         topic.mark_deleted();
+        self.ctx.observers.notify(Change::TopicDeleted(name.to_owned()));
         if topic.is_ephemeral() {
             return Ok(());
         }
@@ -402,6 +413,7 @@ impl EngineInner {
             topics.remove(topic.name());
             drop(topics);
             topic.mark_deleted();
+            self.ctx.observers.notify(Change::TopicDeleted(topic.name().to_owned()));
         }
     }
 

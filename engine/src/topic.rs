@@ -14,6 +14,7 @@
 //!   store, hold at most `max(mem-queue-size, 1)` undelivered messages (more are dropped, as NSQ
 //!   drops them) and go away with their last channel.
 
+use crate::changes::Change;
 use crate::sync::lock;
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -292,6 +293,10 @@ impl Topic {
             return Err(error);
         }
         drop(state);
+        self.ctx.observers.notify(Change::ChannelCreated {
+            topic: self.name().to_owned(),
+            channel: name.to_owned(),
+        });
         Ok(channel)
     }
 
@@ -315,6 +320,10 @@ impl Topic {
             });
         };
         channel.mark_deleted();
+        self.ctx.observers.notify(Change::ChannelDeleted {
+            topic: self.name().to_owned(),
+            channel: name.to_owned(),
+        });
         let last = self.read_channels().is_empty();
         if last {
             // What arrives from now on waits for the next first channel.

@@ -489,3 +489,45 @@ fn consumers_are_woken_when_messages_arrive_or_come_back() {
     c.requeue(&delivery.id, Duration::ZERO).unwrap();
     assert!(c.take_changed());
 }
+
+#[test]
+fn the_observer_hears_of_every_topic_and_channel_that_comes_and_goes() {
+    // Goal: nsqd mirrors the set of topics and channels to nsqlookupd from these notices, so
+    // each creation and deletion is told once, the implicit ones (an ephemeral channel's last
+    // consumer leaving, then its ephemeral topic) included. Method: record every change.
+    use engine::changes::Change;
+    use std::sync::{Arc, Mutex};
+    let h = Harness::new();
+    let engine = h.open();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = Arc::clone(&seen);
+    engine.observe(Arc::new(move |change: &Change| record.lock().unwrap().push(change.clone())));
+    let orders = engine.topic("orders").unwrap();
+    orders.channel("billing").unwrap();
+    orders.channel("billing").unwrap();
+    engine.topic("orders").unwrap();
+    let live = engine.topic("live#ephemeral").unwrap();
+    let tail = live.channel("tail#ephemeral").unwrap();
+    drop(tail.subscribe(None).unwrap());
+    orders.delete_channel("billing").unwrap();
+    engine.delete_topic("orders").unwrap();
+    let created = |topic: &str, channel: &str| Change::ChannelCreated {
+        topic: topic.into(),
+        channel: channel.into(),
+    };
+    let deleted = |topic: &str, channel: &str| Change::ChannelDeleted {
+        topic: topic.into(),
+        channel: channel.into(),
+    };
+    let expected = [
+        Change::TopicCreated("orders".into()),
+        created("orders", "billing"),
+        Change::TopicCreated("live#ephemeral".into()),
+        created("live#ephemeral", "tail#ephemeral"),
+        deleted("live#ephemeral", "tail#ephemeral"),
+        Change::TopicDeleted("live#ephemeral".into()),
+        deleted("orders", "billing"),
+        Change::TopicDeleted("orders".into()),
+    ];
+    assert_eq!(*seen.lock().unwrap(), expected);
+}
