@@ -257,47 +257,72 @@ impl Topic {
         if let Some(channel) = self.get_channel(name) {
             return Ok(channel);
         }
-        if !is_valid_name(name) {
-            return Err(EngineError::InvalidChannelName(name.to_owned()));
+        let mut created = self.create_channels(&[name])?;
+        created.pop().ok_or_else(|| EngineError::InvalidChannelName(name.to_owned()))
+    }
+
+    /// The channels `names`, those missing created together: when the topic has no channel
+    /// yet, every one of them starts at the backlog the first channel would get (nsqd's
+    /// channels pre-created from nsqlookupd all see the messages published before them).
+    pub fn create_channels(
+        self: &Arc<Self>,
+        names: &[&str],
+    ) -> Result<Vec<Arc<Channel>>, EngineError> {
+        if let Some(bad) = names.iter().find(|name| !is_valid_name(name)) {
+            return Err(EngineError::InvalidChannelName((*bad).to_owned()));
         }
         if self.is_exiting() {
             return Err(EngineError::Exiting(format!("topic {}", self.name())));
         }
-        let durable = self.meta.is_some() && !is_ephemeral(name);
-        if durable {
+        if self.meta.is_some() && names.iter().any(|name| !is_ephemeral(name)) {
             // The start offset goes into the checkpoint: it must not name a record a crash
             // could take back.
             self.core.log.sync()?;
         }
         let state = lock(&self.state);
-        if let Some(channel) = self.get_channel(name) {
-            return Ok(channel);
-        }
         let log_stats = self.core.log.stats();
         let start = if self.read_channels().is_empty() {
             state.orphan_floor.max(log_stats.oldest_offset)
         } else {
             log_stats.next_offset
         };
-        let channel = Channel::new(
-            name.to_owned(),
-            Arc::clone(&self.core),
-            Arc::downgrade(self),
-            Arc::clone(&self.ctx),
-            ChannelState::new(limits(&self.ctx), start),
-        );
-        self.write_channels().insert(name.to_owned(), Arc::clone(&channel));
-        if durable && let Err(error) = self.persist_channel_list(&state, Some(&channel)) {
-            self.write_channels().remove(name);
-            channel.mark_deleted();
-            return Err(error);
+        let mut channels = Vec::with_capacity(names.len());
+        let mut created = Vec::new();
+        let mut failed = None;
+        for &name in names {
+            if let Some(channel) = self.get_channel(name) {
+                channels.push(channel);
+                continue;
+            }
+            let channel = Channel::new(
+                name.to_owned(),
+                Arc::clone(&self.core),
+                Arc::downgrade(self),
+                Arc::clone(&self.ctx),
+                ChannelState::new(limits(&self.ctx), start),
+            );
+            self.write_channels().insert(name.to_owned(), Arc::clone(&channel));
+            let durable = self.meta.is_some() && !is_ephemeral(name);
+            if durable && let Err(error) = self.persist_channel_list(&state, Some(&channel)) {
+                self.write_channels().remove(name);
+                channel.mark_deleted();
+                failed = Some(error);
+                break;
+            }
+            created.push(name);
+            channels.push(channel);
         }
         drop(state);
-        self.ctx.observers.notify(Change::ChannelCreated {
-            topic: self.name().to_owned(),
-            channel: name.to_owned(),
-        });
-        Ok(channel)
+        for name in created {
+            self.ctx.observers.notify(Change::ChannelCreated {
+                topic: self.name().to_owned(),
+                channel: name.to_owned(),
+            });
+        }
+        match failed {
+            Some(error) => Err(error),
+            None => Ok(channels),
+        }
     }
 
     pub fn get_channel(&self, name: &str) -> Option<Arc<Channel>> {

@@ -531,3 +531,29 @@ fn the_observer_hears_of_every_topic_and_channel_that_comes_and_goes() {
     ];
     assert_eq!(*seen.lock().unwrap(), expected);
 }
+
+#[test]
+fn channels_created_together_on_a_new_topic_all_get_its_backlog() {
+    // Goal: channels nsqd pre-creates from nsqlookupd each see what was published before
+    // them, while a channel added to a topic that has one starts at the end, as before.
+    // Method: publish, create two channels in one call, then a third alone; read all three.
+    let h = Harness::new();
+    let engine = h.open();
+    let topic = engine.topic("t").unwrap();
+    publish(&topic, &["a", "b"]);
+    let both = topic.create_channels(&["x", "y", "x"]).unwrap();
+    assert_eq!(both.len(), 3);
+    assert!(std::sync::Arc::ptr_eq(&both[0], &both[2]));
+    publish(&topic, &["c"]);
+    let late = topic.channel("z").unwrap();
+    publish(&topic, &["d"]);
+    for (channel, want) in [(&both[0], "abcd"), (&both[1], "abcd"), (&late, "d")] {
+        let got: String = texts(&take_all(&consumer(channel, 10))).concat();
+        assert_eq!(got, want, "{}", channel.name());
+    }
+    assert!(matches!(
+        topic.create_channels(&["ok", "bad!"]),
+        Err(EngineError::InvalidChannelName(_))
+    ));
+    assert!(topic.get_channel("ok").is_none(), "nothing is created when a name is bad");
+}

@@ -139,11 +139,7 @@ impl AuthServers {
         if options.auth_http_addresses.is_empty() {
             return Ok(None);
         }
-        let http = reqwest::Client::builder()
-            .tls_backend_preconfigured(crate::tls::client_config(options)?)
-            .connect_timeout(options.http_client_connect_timeout)
-            .timeout(options.http_client_request_timeout)
-            .build()?;
+        let http = crate::tls::http_client(options)?;
         let endpoints = options
             .auth_http_addresses
             .iter()

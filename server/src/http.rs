@@ -514,7 +514,11 @@ async fn config_put(State(nsqd): State<Shared>, Path(opt): Path<String>, body: B
                 .ok_or_else(|| bad_request("INVALID_VALUE"))?;
             nsqd.log.set_level(level).map_err(|_| internal_error())?;
         }
-        // Changing lookupd peers at run time needs lookupd support, which this nsqd has not.
+        "nsqlookupd_tcp_addresses" => {
+            let addresses: Vec<String> =
+                serde_json::from_slice(&body).map_err(|_| bad_request("INVALID_VALUE"))?;
+            nsqd.lookup.set_addresses(&nsqd, &addresses);
+        }
         _ => return Err(bad_request("INVALID_OPTION")),
     }
     config_get(State(nsqd), Path(opt)).await
@@ -536,7 +540,8 @@ fn config_value(nsqd: &Nsqd, name: &str) -> Option<Value> {
         "broadcast_address" => json!(nsqd.broadcast_address),
         "broadcast_tcp_port" => json!(nsqd.broadcast_tcp_port),
         "broadcast_http_port" => json!(nsqd.broadcast_http_port),
-        "nsqlookupd_tcp_addresses" => json!([]),
+        "nsqlookupd_tcp_addresses" => json!(nsqd.lookup.addresses()),
+        "lookupd_ping_interval" => nanos(o.lookupd_ping_interval),
         "data_path" => json!(o.data_path.display().to_string()),
         "mem_queue_size" => json!(o.mem_queue_size),
         "max_bytes_per_file" => json!(o.max_bytes_per_file),

@@ -9,12 +9,14 @@
 //! - `tcp`: protocol V2 (reader, message pump, commands).
 //! - `http`: the HTTP API; `stats`: `/stats`.
 //! - `tls`: TLS configuration and the HTTPS listener; `auth`: AUTH against auth servers.
+//! - `lookup`: registering with nsqlookupd (`--lookupd-tcp-address`).
 //! - [`logging`]: nsqd-shaped log lines on stderr.
 
 mod auth;
 mod clients;
 mod http;
 pub mod logging;
+mod lookup;
 pub mod nsqd;
 pub mod options;
 pub mod stats;

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::AuthServers;
 use crate::clients::Clients;
 use crate::logging::LogControl;
+use crate::lookup::Lookup;
 use crate::options::{Options, TlsRequired};
 
 /// What every connection and request handler shares.
@@ -45,6 +46,8 @@ pub struct Nsqd {
     pub(crate) tls_required: TlsRequired,
     /// The auth servers, when `--auth-http-address` is given.
     pub(crate) auth: Option<AuthServers>,
+    /// The nsqlookupd peers.
+    pub(crate) lookup: Lookup,
     /// `--node-id`, or a hash of the host name as nsqd does (shown by `/config/id`; message
     /// IDs here are log offsets and do not need it).
     pub(crate) node_id: i64,
@@ -109,6 +112,9 @@ impl Nsqd {
         let tls = crate::tls::server_config(&options)?;
         let tls_required = options.effective_tls_required();
         let auth = AuthServers::new(&options)?;
+        let shutdown = CancellationToken::new();
+        let connections = CancellationToken::new();
+        let lookup = Lookup::new(&options, shutdown.clone())?;
         let tcp = TcpListener::bind(&options.tcp_address)
             .await
             .with_context(|| format!("listen ({}) failed", options.tcp_address))?;
@@ -162,12 +168,18 @@ impl Nsqd {
             tls,
             tls_required,
             auth,
+            lookup,
             node_id,
             log,
         });
+        let observer = Arc::downgrade(&nsqd);
+        nsqd.engine.observe(Arc::new(move |change: &engine::changes::Change| {
+            if let Some(nsqd) = observer.upgrade() {
+                nsqd.lookup.changed(&nsqd, change);
+            }
+        }));
+        nsqd.lookup.set_addresses(&nsqd, &nsqd.options.lookupd_tcp_addresses);
 
-        let shutdown = CancellationToken::new();
-        let connections = CancellationToken::new();
         let mut tasks = JoinSet::new();
         tracing::info!("TCP: listening on {tcp_addr}");
         tasks.spawn(crate::tcp::accept_loop(

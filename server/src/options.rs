@@ -85,6 +85,9 @@ pub struct Options {
     /// lookupd TCP address (may be given multiple times)
     #[arg(long = "lookupd-tcp-address", action = ArgAction::Append)]
     pub lookupd_tcp_addresses: Vec<String>,
+    /// duration between PINGs to each lookupd (ours; nsqd's is fixed at 15s): keep it below lookupd's --inactive-producer-timeout
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub lookupd_ping_interval: Duration,
 
     /// path to store disk-backed messages
     #[arg(long, default_value = DEFAULT_DATA_PATH)]
@@ -266,6 +269,7 @@ const DURATION_FLAGS: &[&str] = &[
     "e2e-processing-latency-window-time",
     "http-client-connect-timeout",
     "http-client-request-timeout",
+    "lookupd-ping-interval",
     // nsqlookupd's
     "inactive-producer-timeout",
     "tombstone-lifetime",
