@@ -11,12 +11,14 @@
 //! - `tls`: TLS configuration and the HTTPS listener; `auth`: AUTH against auth servers.
 //! - `lookup`: registering with nsqlookupd (`--lookupd-tcp-address`).
 //! - [`logging`]: nsqd-shaped log lines on stderr.
+//! - [`lookupd`]: nsqlookupd, the cluster's directory (its own binary; no engine).
 
 mod auth;
 mod clients;
 mod http;
 pub mod logging;
 mod lookup;
+pub mod lookupd;
 pub mod nsqd;
 pub mod options;
 pub mod stats;

@@ -2,6 +2,7 @@
 //! storage with a clock the test moves, and raw-bytes clients for its TCP and HTTP sides.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod lookupd;
 pub mod pki;
 
 use std::net::SocketAddr;
