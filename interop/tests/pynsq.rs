@@ -10,12 +10,10 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
-use common::InteropServer;
 use common::upgrades::{Clients, Compression, Features, Negotiated};
+use common::{InteropServer, python};
 use tokio::process::Command;
 
 const PUBS: usize = 10;
@@ -37,38 +35,6 @@ const SCRIPT_TIMEOUT_SECS: u64 = 30;
 /// tokio-nsq's tests carry the large body over snappy.
 fn big_bytes(features: Features) -> usize {
     if features.compression == Some(Compression::Snappy) { 0 } else { BIG_BYTES }
-}
-
-fn python() -> String {
-    std::env::var("NSQ_INTEROP_PYTHON").unwrap_or_else(|_| "python3".to_owned())
-}
-
-fn script_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join("pynsq_roundtrip.py")
-}
-
-/// Fails the test, with the way to fix it, unless the interpreter can import pynsq and
-/// python-snappy.
-async fn require_pynsq(python: &str) {
-    let help = "pynsq is needed for this test: run `bash .ci/run`, which installs it into \
-                target/interop-venv and sets NSQ_INTEROP_PYTHON; after that, \
-                `NSQ_INTEROP_PYTHON=$PWD/target/interop-venv/bin/python cargo test -p nsq-interop` \
-                also works alone. Or point NSQ_INTEROP_PYTHON at any Python with \
-                `pip install pynsq==0.9.1 python-snappy==0.7.3`.";
-    let probe = Command::new(python)
-        .args(["-c", "import nsq, tornado, snappy; print(nsq.__version__, tornado.version)"])
-        .kill_on_drop(true)
-        .output();
-    let output = match tokio::time::timeout(Duration::from_secs(30), probe).await {
-        Ok(Ok(output)) => output,
-        Ok(Err(error)) => panic!("cannot run Python {python:?} ({error}). {help}"),
-        Err(_) => panic!("Python {python:?} did not answer within 30 s. {help}"),
-    };
-    assert!(
-        output.status.success(),
-        "Python {python:?} cannot `import nsq`: {}\n{help}",
-        String::from_utf8_lossy(&output.stderr).trim()
-    );
 }
 
 /// What the script must have received: each body once at attempts 1 (the large one, if any,
@@ -94,16 +60,15 @@ fn expected_deliveries(big_bytes: usize) -> Vec<(String, u16)> {
 /// an in-process nsqd, then check the acknowledgements and deliveries it printed, what `/stats`
 /// said of its connections while they were open, its exit status, and the engine's counters.
 async fn round_trip(features: Features, topic: &str) {
-    let python = python();
-    require_pynsq(&python).await;
+    python::require_pynsq().await;
     let server = InteropServer::start_with_features(features).await;
     let channel = "interop";
     let big = big_bytes(features);
     let pubs = PUBS + 1 + usize::from(big > 0);
 
-    let mut script = Command::new(&python);
+    let mut script = Command::new(python::python());
     script
-        .arg(script_path())
+        .arg(python::script("pynsq_roundtrip.py"))
         .arg(format!("--nsqd-tcp={}", server.tcp))
         .arg(format!("--nsqd-http={}", server.http))
         .arg(format!("--topic={topic}"))
@@ -123,17 +88,8 @@ async fn round_trip(features: Features, topic: &str) {
         Some(Compression::Deflate) => script.arg("--deflate"),
         None => &mut script,
     };
-    let run = script.stdin(Stdio::null()).kill_on_drop(true).output();
-    let output = tokio::time::timeout(Duration::from_secs(SCRIPT_TIMEOUT_SECS + 15), run)
-        .await
-        .expect("the script outlived its own timeout")
-        .expect("run the script");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let context = format!("--- stdout ---\n{stdout}--- stderr ---\n{stderr}");
-    assert!(output.status.success(), "the script failed ({}):\n{context}", output.status);
-
-    let lines: Vec<&str> = stdout.lines().collect();
+    let (lines, context) = python::run(&mut script, Duration::from_secs(SCRIPT_TIMEOUT_SECS)).await;
+    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
     assert_eq!(lines.last(), Some(&"DONE"), "{context}");
     let acks = |command: &str| lines.iter().filter(|l| **l == format!("ACK {command}")).count();
     assert_eq!((acks("pub"), acks("mpub"), acks("dpub")), (pubs, MPUB_BATCHES, 1), "{context}");

@@ -5,6 +5,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod pki;
+pub mod python;
 pub mod upgrades;
 
 use std::net::SocketAddr;
