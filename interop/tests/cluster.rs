@@ -290,6 +290,10 @@ async fn an_nsqd_that_stops_answering_expires_and_one_that_exits_is_dropped_at_o
 
     let started = Instant::now();
     link.freeze.cancel();
+    // Its lookupd gone silent, the hung node still takes publishes, new topics included
+    // (their REGISTER waits in the peer's queue, then times out).
+    hung.http_publish("t", b"y").await;
+    hung.http_publish("fresh", b"z").await;
     wait_for_producers(lookupd.http_addr(), "t", &all[1..]).await;
     assert!(started.elapsed() >= Duration::from_millis(900), "hidden before the timeout");
     let (_, nodes) = get_json(lookupd.http_addr(), "/nodes").await;
