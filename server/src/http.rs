@@ -531,8 +531,8 @@ fn config_value(nsqd: &Nsqd, name: &str) -> Option<Value> {
     let nanos = |d: Duration| json!(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
     Some(match name {
         "log_level" => json!(nsqd.log.level() as u8),
-        "log_prefix" => json!(o.log_prefix),
-        "verbose" => json!(o.verbose),
+        "log_prefix" => json!(o.daemon.log_prefix),
+        "verbose" => json!(o.daemon.verbose),
         "id" => json!(nsqd.node_id),
         "https_address" => json!(o.https_address),
         "http_address" => json!(o.http_address),

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::parser::ValueSource;
-use clap::{ArgAction, Parser};
+use clap::{ArgAction, Args, Parser};
 
 /// The version nsqd reports (`--version`, `/info`, IDENTIFY, `/stats`): the NSQ release whose
 /// protocol and API this server implements, so that tools comparing versions treat it as such.
@@ -35,13 +35,11 @@ pub fn version_line(binary: &str) -> String {
 /// The data directory when `--data-path` is not given, under the working directory.
 pub const DEFAULT_DATA_PATH: &str = "nsqd-data";
 
-#[derive(Debug, Clone, Parser)]
-#[command(
-    name = "nsqd",
-    disable_version_flag = true,
-    about = "nsqd: a realtime distributed message queue node"
-)]
-pub struct Options {
+/// The flags every daemon takes, first in its help, with NSQ's names and texts. Each daemon
+/// flattens them into its options and gives `--log-prefix` its own default (`"[nsqd] "`,
+/// `"[nsqlookupd] "`) with `mut_arg`.
+#[derive(Debug, Clone, Args)]
+pub struct DaemonFlags {
     /// print version string
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
     pub version: bool,
@@ -52,11 +50,23 @@ pub struct Options {
     #[arg(long, default_value = "info", value_parser = ["debug", "info", "warn", "error", "fatal"], ignore_case = true)]
     pub log_level: String,
     /// log message prefix
-    #[arg(long, default_value = "[nsqd] ")]
+    #[arg(long, required = false)]
     pub log_prefix: String,
     /// [deprecated] has no effect, use --log-level
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
     pub verbose: bool,
+}
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "nsqd",
+    disable_version_flag = true,
+    about = "nsqd: a realtime distributed message queue node",
+    mut_arg("log_prefix", |arg| arg.default_value("[nsqd] "))
+)]
+pub struct Options {
+    #[command(flatten)]
+    pub daemon: DaemonFlags,
     /// unique part for message IDs, (int) in range [0,1024) (default is hash of hostname)
     #[arg(long, value_parser = clap::value_parser!(i64).range(0..1024))]
     pub node_id: Option<i64>,
@@ -478,7 +488,7 @@ impl Options {
 
     /// The tracing filter `--log-level` means (`fatal` logs errors only).
     pub fn log_filter(&self) -> &'static str {
-        match self.log_level.to_ascii_lowercase().as_str() {
+        match self.daemon.log_level.to_ascii_lowercase().as_str() {
             "debug" => "debug",
             "warn" => "warn",
             "error" | "fatal" => "error",
@@ -514,7 +524,8 @@ mod tests {
         assert_eq!(o.max_output_buffer_timeout, Duration::from_secs(30));
         assert_eq!(o.output_buffer_timeout, Duration::from_millis(250));
         assert_eq!(o.data_path, PathBuf::from(DEFAULT_DATA_PATH));
-        assert!(o.deflate && o.snappy && !o.verbose);
+        assert!(o.deflate && o.snappy && !o.daemon.verbose);
+        assert_eq!(o.daemon.log_prefix, "[nsqd] ");
     }
 
     #[test]
@@ -527,8 +538,8 @@ mod tests {
         ] {
             assert_eq!(parse(args).mem_queue_size, 0, "{args:?}");
         }
-        assert!(parse(&["-verbose"]).verbose);
-        assert!(parse(&["--verbose=true"]).verbose);
+        assert!(parse(&["-verbose"]).daemon.verbose);
+        assert!(parse(&["--verbose=true"]).daemon.verbose);
         assert!(!parse(&["-snappy=false"]).snappy);
         assert_eq!(parse(&["-msg-timeout", "1m30s"]).msg_timeout, Duration::from_secs(90));
         assert_eq!(parse(&["-sync-timeout=0"]).sync_timeout, Duration::ZERO);

@@ -25,12 +25,12 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(1);
         }
     };
-    if options.version {
+    if options.daemon.version {
         println!("{}", server::options::version_line("nsqd"));
         return std::process::ExitCode::SUCCESS;
     }
-    let level = LogLevel::parse(&options.log_level).unwrap_or(LogLevel::Info);
-    let log = logging::init(level, &options.log_prefix);
+    let level = LogLevel::parse(&options.daemon.log_level).unwrap_or(LogLevel::Info);
+    let log = logging::init(level, &options.daemon.log_prefix);
     match run(options, log) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {

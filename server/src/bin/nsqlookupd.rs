@@ -24,12 +24,12 @@ fn main() -> ExitCode {
             }
         },
     };
-    if options.version {
+    if options.daemon.version {
         println!("{}", version_line("nsqlookupd"));
         return ExitCode::SUCCESS;
     }
-    let level = LogLevel::parse(&options.log_level).unwrap_or(LogLevel::Info);
-    let _log = logging::init(level, &options.log_prefix);
+    let level = LogLevel::parse(&options.daemon.log_level).unwrap_or(LogLevel::Info);
+    let _log = logging::init(level, &options.daemon.log_prefix);
     if let Err(error) = run(options) {
         tracing::error!("{error:#}");
         return ExitCode::from(1);

@@ -2,35 +2,22 @@
 //! `--config` files with the same keys as nsqlookupd's (the flag name with `_`).
 
 use std::ffi::OsString;
-use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{ArgAction, Parser};
+use clap::Parser;
 
-use crate::options::{parse_duration, parse_with_config};
+use crate::options::{DaemonFlags, parse_duration, parse_with_config};
 
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "nsqlookupd",
     disable_version_flag = true,
-    about = "nsqlookupd: the directory service of an NSQ cluster"
+    about = "nsqlookupd: the directory service of an NSQ cluster",
+    mut_arg("log_prefix", |arg| arg.default_value("[nsqlookupd] "))
 )]
 pub struct LookupdOptions {
-    /// print version string
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
-    pub version: bool,
-    /// path to config file
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    /// set log verbosity: debug, info, warn, error, or fatal
-    #[arg(long, default_value = "info", value_parser = ["debug", "info", "warn", "error", "fatal"], ignore_case = true)]
-    pub log_level: String,
-    /// log message prefix
-    #[arg(long, default_value = "[nsqlookupd] ")]
-    pub log_prefix: String,
-    /// [deprecated] has no effect, use --log-level
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
-    pub verbose: bool,
+    #[command(flatten)]
+    pub daemon: DaemonFlags,
 
     /// <addr>:<port> to listen on for TCP clients
     #[arg(long, default_value = "0.0.0.0:4160")]
@@ -78,8 +65,8 @@ mod tests {
         assert_eq!(o.broadcast_address, None);
         assert_eq!(o.inactive_producer_timeout, Duration::from_secs(300));
         assert_eq!(o.tombstone_lifetime, Duration::from_secs(45));
-        assert_eq!(o.log_prefix, "[nsqlookupd] ");
-        assert!(!o.verbose && !o.version);
+        assert_eq!(o.daemon.log_prefix, "[nsqlookupd] ");
+        assert!(!o.daemon.verbose && !o.daemon.version);
     }
 
     #[test]
@@ -87,7 +74,7 @@ mod tests {
         let o = parse(&["-tombstone-lifetime", "1m", "--verbose", "-broadcast-address=h"]).unwrap();
         assert_eq!(o.tombstone_lifetime, Duration::from_secs(60));
         assert_eq!(o.broadcast_address.as_deref(), Some("h"));
-        assert!(o.verbose);
+        assert!(o.daemon.verbose);
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nsqlookupd.cfg");
