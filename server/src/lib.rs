@@ -11,10 +11,12 @@
 //! - `tls`: TLS configuration and the HTTPS listener; `auth`: AUTH against auth servers.
 //! - `lookup`: registering with nsqlookupd (`--lookupd-tcp-address`).
 //! - [`logging`]: nsqd-shaped log lines on stderr.
+//! - [`daemon`]: what both binaries do alike (command-line errors, `--version`, signals).
 //! - [`lookupd`]: nsqlookupd, the cluster's directory (its own binary; no engine).
 
 mod auth;
 mod clients;
+pub mod daemon;
 mod http;
 pub mod logging;
 mod lookup;

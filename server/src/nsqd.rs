@@ -138,7 +138,7 @@ impl Nsqd {
             _ => None,
         };
         let https_addr = https.as_ref().map(TcpListener::local_addr).transpose()?;
-        let hostname = hostname();
+        let hostname = crate::daemon::hostname();
         let broadcast_address =
             options.broadcast_address.clone().unwrap_or_else(|| hostname.clone());
         let tcp_port = tcp_addr.port();
@@ -265,9 +265,4 @@ pub(crate) async fn blocking<T: Send + 'static>(
             source: std::io::Error::other(join.to_string()),
         }),
     }
-}
-
-/// The machine's host name, as nsqd reports it.
-pub fn hostname() -> String {
-    rustix::system::uname().nodename().to_string_lossy().into_owned()
 }

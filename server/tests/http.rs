@@ -190,7 +190,7 @@ async fn info_reports_nsqd_fields_with_their_types() {
         json!({
             "version": "1.3.0",
             "broadcast_address": "nsqd.example",
-            "hostname": server::nsqd::hostname(),
+            "hostname": server::daemon::hostname(),
             "http_port": server.http.port(),
             "tcp_port": server.tcp.port(),
             "start_time": 0,

@@ -83,7 +83,7 @@ async fn identify_answers_with_this_lookupds_ports_version_and_addresses() {
             "http_port": lookupd.http.port(),
             "version": "1.3.0",
             "broadcast_address": "lookupd.test",
-            "hostname": server::nsqd::hostname(),
+            "hostname": server::daemon::hostname(),
         })
     );
     client.close().await;

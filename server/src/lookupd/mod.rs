@@ -59,7 +59,7 @@ impl Lookupd {
         let tcp = bind(options.tcp_address.clone()).await?;
         let http = bind(options.http_address.clone()).await?;
         let (tcp_addr, http_addr) = (tcp.local_addr()?, http.local_addr()?);
-        let hostname = crate::nsqd::hostname();
+        let hostname = crate::daemon::hostname();
         let lookupd = Arc::new(Lookupd {
             registry: Registry::new(
                 clock,
