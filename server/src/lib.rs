@@ -6,6 +6,7 @@
 //!
 //! - [`options`]: the command line and config file, with NSQ's names and defaults.
 //! - [`nsqd`]: the daemon: listeners, shared state, shutdown.
+//! - `serving`: the TCP accept loop and the drain at shutdown, both daemons'.
 //! - `tcp`: protocol V2 (reader, message pump, commands).
 //! - `http`: the HTTP API; `stats`: `/stats`.
 //! - `tls`: TLS configuration and the HTTPS listener; `auth`: AUTH against auth servers.
@@ -23,6 +24,7 @@ mod lookup;
 pub mod lookupd;
 pub mod nsqd;
 pub mod options;
+mod serving;
 pub mod stats;
 mod tcp;
 mod tls;

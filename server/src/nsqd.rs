@@ -10,7 +10,6 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::Context as _;
 use engine::{Engine, EngineError, Topic};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -21,6 +20,7 @@ use crate::clients::Clients;
 use crate::logging::LogControl;
 use crate::lookup::Lookup;
 use crate::options::{Options, TlsRequired};
+use crate::serving::{SHUTDOWN_GRACE, bind, drain};
 
 /// What every connection and request handler shares.
 #[derive(Debug)]
@@ -115,25 +115,17 @@ impl Nsqd {
         let shutdown = CancellationToken::new();
         let connections = CancellationToken::new();
         let lookup = Lookup::new(&options, shutdown.clone())?;
-        let tcp = TcpListener::bind(&options.tcp_address)
-            .await
-            .with_context(|| format!("listen ({}) failed", options.tcp_address))?;
+        let tcp = bind(&options.tcp_address).await?;
         let tcp_addr = tcp.local_addr()?;
         let http = if options.http_address.is_empty() {
             None
         } else {
-            let listener = TcpListener::bind(&options.http_address)
-                .await
-                .with_context(|| format!("listen ({}) failed", options.http_address))?;
-            Some(listener)
+            Some(bind(&options.http_address).await?)
         };
         let http_addr = http.as_ref().map(TcpListener::local_addr).transpose()?;
         let https = match &tls {
             Some(_) if !options.https_address.is_empty() => {
-                let listener = TcpListener::bind(&options.https_address)
-                    .await
-                    .with_context(|| format!("listen ({}) failed", options.https_address))?;
-                Some(listener)
+                Some(bind(&options.https_address).await?)
             }
             _ => None,
         };
@@ -214,9 +206,6 @@ pub struct RunningNsqd {
     tasks: JoinSet<()>,
 }
 
-/// How long shutdown waits for connections and HTTP requests to finish.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-
 impl RunningNsqd {
     pub fn tcp_addr(&self) -> SocketAddr {
         self.tcp_addr
@@ -236,17 +225,10 @@ impl RunningNsqd {
     }
 
     /// Stops accepting, closes every connection, stops HTTP, and closes the engine.
-    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+    pub async fn shutdown(self) -> anyhow::Result<()> {
         self.shutdown.cancel();
         self.connections.cancel();
-        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
-            while self.tasks.join_next().await.is_some() {}
-        })
-        .await;
-        if drained.is_err() {
-            tracing::warn!("connections still open after {SHUTDOWN_GRACE:?}; closing anyway");
-            self.tasks.abort_all();
-        }
+        drain(self.tasks, SHUTDOWN_GRACE, "connections still open").await;
         let engine = Arc::clone(&self.nsqd.engine);
         tokio::task::spawn_blocking(move || engine.close()).await??;
         Ok(())

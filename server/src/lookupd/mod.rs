@@ -18,11 +18,8 @@ mod tcp;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use anyhow::Context as _;
 use protocol::lookup::LookupdInfo;
-use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -32,6 +29,7 @@ use registry::Registry;
 pub use tcp::MAX_IDENTIFY_BODY_BYTES;
 
 use crate::options::NSQ_VERSION;
+use crate::serving::{SHUTDOWN_GRACE, bind, drain};
 
 /// What every connection and request handler shares.
 #[derive(Debug)]
@@ -53,11 +51,8 @@ impl Lookupd {
         options: LookupdOptions,
         clock: Clock,
     ) -> anyhow::Result<RunningLookupd> {
-        let bind = |address: String| async move {
-            TcpListener::bind(&address).await.with_context(|| format!("listen ({address}) failed"))
-        };
-        let tcp = bind(options.tcp_address.clone()).await?;
-        let http = bind(options.http_address.clone()).await?;
+        let tcp = bind(&options.tcp_address).await?;
+        let http = bind(&options.http_address).await?;
         let (tcp_addr, http_addr) = (tcp.local_addr()?, http.local_addr()?);
         let hostname = crate::daemon::hostname();
         let lookupd = Arc::new(Lookupd {
@@ -93,9 +88,6 @@ pub struct RunningLookupd {
     tasks: JoinSet<()>,
 }
 
-/// How long shutdown waits for HTTP requests in progress.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-
 impl RunningLookupd {
     pub fn tcp_addr(&self) -> SocketAddr {
         self.tcp_addr
@@ -107,15 +99,8 @@ impl RunningLookupd {
 
     /// Stops accepting, closes every connection (their peers leave the registry), and stops
     /// HTTP.
-    pub async fn shutdown(mut self) {
+    pub async fn shutdown(self) {
         self.shutdown.cancel();
-        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
-            while self.tasks.join_next().await.is_some() {}
-        })
-        .await;
-        if drained.is_err() {
-            tracing::warn!("requests still running after {SHUTDOWN_GRACE:?}; closing anyway");
-            self.tasks.abort_all();
-        }
+        drain(self.tasks, SHUTDOWN_GRACE, "requests still running").await;
     }
 }

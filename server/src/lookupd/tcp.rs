@@ -20,7 +20,6 @@ use protocol::{ErrorCode, MAX_LINE_BYTES, OK, ProtocolError};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::Lookupd;
@@ -32,33 +31,17 @@ const MAGIC_TIMEOUT: Duration = Duration::from_secs(60);
 /// The largest IDENTIFY body accepted. nsqd's is a few hundred bytes.
 pub const MAX_IDENTIFY_BODY_BYTES: usize = 1024 * 1024;
 
-/// Accepts connections until `shutdown`, then closes them all and waits for them to end.
+/// Serves protocol V1 on `listener` until `shutdown` (see [`crate::serving::accept_loop`]).
 pub(super) async fn serve(
     lookupd: Arc<Lookupd>,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) {
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            accepted = listener.accept() => match accepted {
-                Ok((stream, remote)) => {
-                    let lookupd = Arc::clone(&lookupd);
-                    connections.spawn(connection(lookupd, stream, remote, shutdown.clone()));
-                }
-                Err(error) => {
-                    // Out of descriptors and the like: wait rather than spin.
-                    tracing::error!(%error, "TCP: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-        }
-    }
-    drop(listener);
-    tracing::info!("TCP: closing");
-    while connections.join_next().await.is_some() {}
+    let connections = shutdown.child_token();
+    crate::serving::accept_loop(listener, shutdown, connections, |stream, remote, exit| {
+        connection(Arc::clone(&lookupd), stream, remote, exit)
+    })
+    .await;
 }
 
 async fn connection(
@@ -67,8 +50,6 @@ async fn connection(
     remote: SocketAddr,
     shutdown: CancellationToken,
 ) {
-    tracing::info!("TCP: new client({remote})");
-    let _ = stream.set_nodelay(true);
     let (read, writer) = stream.into_split();
     let mut reader = BufReader::new(read);
     let mut magic = [0u8; 4];
