@@ -1,16 +1,15 @@
-//! nsqd's HTTP API, with its "V1" envelope: 200 with a raw body (or JSON for objects), errors as
-//! `{"message":"<TEXT>"}` with nsqd's status codes and texts, and `X-NSQ-Content-Type:
-//! nsq; version=1.0` on every reply but `/ping`. Parameters come from the query string only.
-//! Bodies are refused by their Content-Length before they are read, and read with a limit.
+//! nsqd's HTTP API, in NSQ's "V1" envelope ([`crate::http_api`]) with nsqd's status codes and
+//! texts. Bodies are refused by their Content-Length before they are read, and read with a
+//! limit.
 
 use std::ops::Range;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -21,6 +20,10 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::http_api::{
+    self, ApiError, HttpResult, Query, bad_request, error, internal_error, ok_empty, ok_json,
+    ok_text,
+};
 use crate::logging::LogLevel;
 use crate::nsqd::Nsqd;
 use crate::options::{NSQ_VERSION, TlsRequired};
@@ -36,13 +39,7 @@ pub(crate) async fn serve(nsqd: Shared, listener: TcpListener, shutdown: Cancell
     if nsqd.tls_required == TlsRequired::Yes {
         app = app.layer(middleware::from_fn_with_state(nsqd, refuse_without_tls));
     }
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await;
-    if let Err(error) = served {
-        tracing::error!(%error, "HTTP server failed");
-    }
-    tracing::info!("HTTP: closing");
+    http_api::serve(listener, app, shutdown, "HTTP").await;
 }
 
 /// Serves the same API over TLS.
@@ -51,13 +48,7 @@ pub(crate) async fn serve_https(
     listener: HttpsListener,
     shutdown: CancellationToken,
 ) {
-    let served = axum::serve(listener, router(nsqd))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await;
-    if let Err(error) = served {
-        tracing::error!(%error, "HTTPS server failed");
-    }
-    tracing::info!("HTTPS: closing");
+    http_api::serve(listener, router(nsqd), shutdown, "HTTPS").await;
 }
 
 async fn refuse_without_tls(
@@ -67,16 +58,11 @@ async fn refuse_without_tls(
 ) -> Response {
     // nsqd's exact body, spacing included.
     let body = format!(r#"{{"message": "TLS_REQUIRED", "https_port": {}}}"#, nsqd.https_port);
-    let mut response = (StatusCode::FORBIDDEN, body).into_response();
-    let headers = response.headers_mut();
-    headers.insert("X-NSQ-Content-Type", HeaderValue::from_static("nsq; version=1.0"));
-    headers
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
-    response
+    http_api::v1(StatusCode::FORBIDDEN, true, body.into_bytes())
 }
 
 fn router(nsqd: Shared) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/ping", get(ping))
         .route("/info", get(info))
         .route("/pub", post(publish))
@@ -92,88 +78,9 @@ fn router(nsqd: Shared) -> Router {
         .route("/channel/empty", post(channel_empty))
         .route("/channel/pause", post(channel_pause))
         .route("/channel/unpause", post(channel_unpause))
-        .route("/config/{opt}", get(config_get).put(config_put))
-        .fallback(|| async { error(StatusCode::NOT_FOUND, "NOT_FOUND").into_response() })
-        .method_not_allowed_fallback(|| async {
-            error(StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED").into_response()
-        })
-        .layer(middleware::from_fn(access_log))
-        .with_state(nsqd)
-}
-
-/// nsqd logs every request at INFO but publishes.
-async fn access_log(request: Request, next: Next) -> Response {
-    let quiet = matches!(request.uri().path(), "/pub" | "/mpub");
-    let method = request.method().clone();
-    let uri = request.uri().clone();
-    let start = Instant::now();
-    let response = next.run(request).await;
-    if !quiet {
-        tracing::info!("{} {method} {uri} {:?}", response.status().as_u16(), start.elapsed());
-    }
-    response
-}
-
-const NSQ_CONTENT_TYPE: HeaderValue = HeaderValue::from_static("nsq; version=1.0");
-const JSON_CONTENT_TYPE: HeaderValue = HeaderValue::from_static("application/json; charset=utf-8");
-const TEXT_CONTENT_TYPE: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
-
-fn v1(status: StatusCode, json: bool, body: Vec<u8>) -> Response {
-    let empty = body.is_empty();
-    let mut response = (status, body).into_response();
-    let headers = response.headers_mut();
-    // Go's server sniffs a type for a body written without one: text here.
-    if json {
-        headers.insert(header::CONTENT_TYPE, JSON_CONTENT_TYPE);
-    } else if empty {
-        headers.remove(header::CONTENT_TYPE);
-    } else {
-        headers.insert(header::CONTENT_TYPE, TEXT_CONTENT_TYPE);
-    }
-    headers.insert("X-NSQ-Content-Type", NSQ_CONTENT_TYPE);
-    response
-}
-
-/// An error reply: `{"message":"<TEXT>"}` with its status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct ApiError {
-    status: StatusCode,
-    message: &'static str,
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        v1(self.status, true, json!({ "message": self.message }).to_string().into_bytes())
-    }
-}
-
-fn error(status: StatusCode, message: &'static str) -> ApiError {
-    ApiError { status, message }
-}
-
-fn ok_text(text: &str) -> Response {
-    v1(StatusCode::OK, false, text.as_bytes().to_vec())
-}
-
-fn ok_empty() -> Response {
-    v1(StatusCode::OK, false, Vec::new())
-}
-
-fn ok_json(value: &impl serde::Serialize) -> Response {
-    match serde_json::to_vec(value) {
-        Ok(body) => v1(StatusCode::OK, true, body),
-        Err(_) => internal_error().into_response(),
-    }
-}
-
-type HttpResult = Result<Response, ApiError>;
-
-fn bad_request(message: &'static str) -> ApiError {
-    error(StatusCode::BAD_REQUEST, message)
-}
-
-fn internal_error() -> ApiError {
-    error(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR")
+        .route("/config/{opt}", get(config_get).put(config_put));
+    // nsqd logs every request at INFO but publishes.
+    http_api::with_fallbacks_and_log(routes, &["/pub", "/mpub"]).with_state(nsqd)
 }
 
 /// Runs engine work that may touch the disk off the async workers.
@@ -181,40 +88,6 @@ async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(work).await.map_err(|_| internal_error())
-}
-
-/// The query string, parsed as Go's `url.ParseQuery` does: a malformed escape or a `;` is an
-/// error (400 `INVALID_REQUEST`).
-struct Query(Vec<(String, String)>);
-
-impl Query {
-    fn parse(raw: Option<&str>) -> Result<Query, ApiError> {
-        let raw = raw.unwrap_or("");
-        let bytes = raw.as_bytes();
-        let bad_escape = bytes.iter().enumerate().any(|(i, &b)| {
-            b == b'%'
-                && !(bytes.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
-                    && bytes.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
-        });
-        if bad_escape || raw.contains(';') {
-            return Err(bad_request("INVALID_REQUEST"));
-        }
-        Ok(Query(form_urlencoded::parse(bytes).into_owned().collect()))
-    }
-
-    /// The first value of `key`, `None` when the key is absent (an empty value is present).
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
-    }
-
-    /// nsqd's boolean parameters: `true`/`1`/`false`/`0`; anything else counts as true.
-    fn flag(&self, key: &str, default: bool) -> bool {
-        match self.get(key) {
-            None => default,
-            Some("false" | "0") => false,
-            Some(_) => true,
-        }
-    }
 }
 
 /// Reads a body of at most `max` bytes; a longer one is 413 `too_big`, a failed read 500.
@@ -263,7 +136,7 @@ async fn info(State(nsqd): State<Shared>) -> Response {
 
 /// `topic` for `/pub`, `/mpub` and `/topic/create`: present and valid; the topic is created.
 async fn topic_from_query(nsqd: &Shared, query: &Query) -> Result<Arc<engine::Topic>, ApiError> {
-    let name = query.get("topic").ok_or_else(|| bad_request("MISSING_ARG_TOPIC"))?;
+    let name = query.topic()?;
     if !engine::names::is_valid_name(name) {
         return Err(bad_request("INVALID_TOPIC"));
     }
@@ -389,7 +262,7 @@ async fn topic_create(State(nsqd): State<Shared>, RawQuery(raw): RawQuery) -> Ht
 
 async fn topic_delete(State(nsqd): State<Shared>, RawQuery(raw): RawQuery) -> HttpResult {
     let query = Query::parse(raw.as_deref())?;
-    let name = query.get("topic").ok_or_else(|| bad_request("MISSING_ARG_TOPIC"))?.to_owned();
+    let name = query.topic()?.to_owned();
     let engine = Arc::clone(&nsqd.engine);
     blocking(move || engine.delete_topic(&name)).await?.map_err(|e| match e {
         EngineError::TopicNotFound(_) | EngineError::InvalidTopicName(_) => {
@@ -406,7 +279,7 @@ fn existing_topic(
     query: &Query,
     validate: bool,
 ) -> Result<Arc<engine::Topic>, ApiError> {
-    let name = query.get("topic").ok_or_else(|| bad_request("MISSING_ARG_TOPIC"))?;
+    let name = query.topic()?;
     if validate && !engine::names::is_valid_name(name) {
         return Err(bad_request("INVALID_TOPIC"));
     }
@@ -442,14 +315,7 @@ fn channel_args(
     raw: Option<&str>,
 ) -> Result<(Arc<engine::Topic>, String), ApiError> {
     let query = Query::parse(raw)?;
-    let topic = query.get("topic").ok_or_else(|| bad_request("MISSING_ARG_TOPIC"))?;
-    if !engine::names::is_valid_name(topic) {
-        return Err(bad_request("INVALID_ARG_TOPIC"));
-    }
-    let channel = query.get("channel").ok_or_else(|| bad_request("MISSING_ARG_CHANNEL"))?;
-    if !engine::names::is_valid_name(channel) {
-        return Err(bad_request("INVALID_ARG_CHANNEL"));
-    }
+    let (topic, channel) = query.topic_and_channel()?;
     let topic = nsqd
         .engine
         .get_topic(topic)

@@ -8,7 +8,7 @@
 //! - [`nsqd`]: the daemon: listeners, shared state, shutdown.
 //! - `serving`: the TCP accept loop and the drain at shutdown, both daemons'.
 //! - `tcp`: protocol V2 (reader, message pump, commands).
-//! - `http`: the HTTP API; `stats`: `/stats`.
+//! - `http`: the HTTP API; `stats`: `/stats`; `http_api`: the V1 envelope nsqlookupd shares.
 //! - `tls`: TLS configuration and the HTTPS listener; `auth`: AUTH against auth servers.
 //! - `lookup`: registering with nsqlookupd (`--lookupd-tcp-address`).
 //! - [`logging`]: nsqd-shaped log lines on stderr.
@@ -19,6 +19,7 @@ mod auth;
 mod clients;
 pub mod daemon;
 mod http;
+mod http_api;
 pub mod logging;
 mod lookup;
 pub mod lookupd;
