@@ -10,40 +10,12 @@ use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::BufMut as _;
-use common::{Client, HttpReply, TestServer, http_request};
+use common::{
+    Client, HttpReply, JSON_CONTENT_TYPE, TestServer, assert_error, assert_ok, http_request,
+    ok_json,
+};
 use protocol::command::Command;
 use serde_json::{Value, json};
-
-const NSQ_CONTENT_TYPE: &str = "nsq; version=1.0";
-const JSON_CONTENT_TYPE: &str = "application/json; charset=utf-8";
-
-/// An nsqd error reply: the status, `{"message":"<TEXT>"}` exactly, as JSON, with the V1 header.
-#[track_caller]
-fn assert_error(reply: &HttpReply, status: u16, message: &str) {
-    assert_eq!(
-        (reply.status, reply.text()),
-        (status, format!(r#"{{"message":"{message}"}}"#)),
-        "{reply:?}"
-    );
-    assert_eq!(reply.header("X-NSQ-Content-Type"), Some(NSQ_CONTENT_TYPE), "{reply:?}");
-    assert_eq!(reply.header("Content-Type"), Some(JSON_CONTENT_TYPE), "{reply:?}");
-}
-
-/// A V1 success with a raw body (`OK`, or empty for the topic and channel actions).
-#[track_caller]
-fn assert_ok(reply: &HttpReply, body: &str) {
-    assert_eq!((reply.status, reply.text().as_str()), (200, body), "{reply:?}");
-    assert_eq!(reply.header("X-NSQ-Content-Type"), Some(NSQ_CONTENT_TYPE), "{reply:?}");
-}
-
-/// A V1 success with a JSON body; returns the document.
-#[track_caller]
-fn ok_json(reply: &HttpReply) -> Value {
-    assert_eq!(reply.status, 200, "{reply:?}");
-    assert_eq!(reply.header("X-NSQ-Content-Type"), Some(NSQ_CONTENT_TYPE), "{reply:?}");
-    assert_eq!(reply.header("Content-Type"), Some(JSON_CONTENT_TYPE), "{reply:?}");
-    reply.json()
-}
 
 fn keys(value: &Value) -> BTreeSet<String> {
     value.as_object().unwrap_or_else(|| panic!("not an object: {value}")).keys().cloned().collect()

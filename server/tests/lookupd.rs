@@ -12,34 +12,15 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use bytes::BufMut as _;
-use common::HttpReply;
 use common::lookupd::{CLOCK_START_NS, LookupClient, TestLookupd, identify_json};
+use common::{NSQ_CONTENT_TYPE, assert_error, assert_ok};
 use protocol::MAX_LINE_BYTES;
 use protocol::lookup::LookupCommand;
 use serde_json::{Value, json};
 use server::lookupd::MAX_IDENTIFY_BODY_BYTES;
 
-const NSQ_CONTENT_TYPE: &str = "nsq; version=1.0";
-const JSON_CONTENT_TYPE: &str = "application/json; charset=utf-8";
 /// What NSQ's `/debug` shows as `tombstoned_at` for a producer never tombstoned.
 const NEVER_TOMBSTONED: i64 = -6_795_364_578_871_345_152;
-
-/// An error reply: the status, `{"message":"<TEXT>"}` exactly, as JSON, with the V1 header.
-#[track_caller]
-fn assert_error(reply: &HttpReply, status: u16, message: &str) {
-    let expected = format!(r#"{{"message":"{message}"}}"#);
-    assert_eq!((reply.status, reply.text()), (status, expected), "{reply:?}");
-    assert_eq!(reply.header("X-NSQ-Content-Type"), Some(NSQ_CONTENT_TYPE), "{reply:?}");
-    assert_eq!(reply.header("Content-Type"), Some(JSON_CONTENT_TYPE), "{reply:?}");
-}
-
-/// A V1 success with an empty body and no content type.
-#[track_caller]
-fn assert_empty_ok(reply: &HttpReply) {
-    assert_eq!((reply.status, reply.text().as_str()), (200, ""), "{reply:?}");
-    assert_eq!(reply.header("X-NSQ-Content-Type"), Some(NSQ_CONTENT_TYPE), "{reply:?}");
-    assert_eq!(reply.header("Content-Type"), None, "{reply:?}");
-}
 
 /// A producer as `/lookup` shows one identified by `TestLookupd::nsqd`.
 fn peer_info(client: &LookupClient, address: &str, tcp_port: u16, http_port: u16) -> Value {
@@ -101,10 +82,8 @@ async fn register_lists_the_producer_under_its_topic_and_channel_everywhere() {
     nsqd.register("u", None).await;
     let info = peer_info(&nsqd, "n1", 4150, 4151);
 
-    let found = lookupd.http("GET", "/lookup?topic=t").await;
-    assert_eq!(found.header("X-NSQ-Content-Type"), Some(NSQ_CONTENT_TYPE));
-    assert_eq!(found.header("Content-Type"), Some(JSON_CONTENT_TYPE));
-    assert_eq!(found.json(), json!({ "channels": ["c"], "producers": [info] }));
+    let found = lookupd.get_json("/lookup?topic=t").await;
+    assert_eq!(found, json!({ "channels": ["c"], "producers": [info] }));
     let alone = lookupd.get_json("/lookup?topic=u").await;
     assert_eq!(alone, json!({ "channels": [], "producers": [info] }));
     assert_eq!(lookupd.get_json("/topics").await, json!({ "topics": ["t", "u"] }));
@@ -256,10 +235,10 @@ async fn a_tombstone_hides_the_producer_from_lookup_for_its_lifetime() {
         nsqd.register("t2", None).await;
     }
     lookupd.advance(Duration::from_secs(1));
-    assert_empty_ok(&lookupd.http("POST", "/topic/tombstone?topic=t&node=n1:4151").await);
+    assert_ok(&lookupd.http("POST", "/topic/tombstone?topic=t&node=n1:4151").await, "");
     // A node named by its TCP port, or an unknown topic, tombstones nothing.
-    assert_empty_ok(&lookupd.http("POST", "/topic/tombstone?topic=t&node=n2:4250").await);
-    assert_empty_ok(&lookupd.http("POST", "/topic/tombstone?topic=none&node=n2:4251").await);
+    assert_ok(&lookupd.http("POST", "/topic/tombstone?topic=t&node=n2:4250").await, "");
+    assert_ok(&lookupd.http("POST", "/topic/tombstone?topic=none&node=n2:4251").await, "");
 
     assert_eq!(lookup_producers(&lookupd, "t").await, ["n2"]);
     assert_eq!(lookup_producers(&lookupd, "t2").await, ["n1", "n2"]);
@@ -295,7 +274,7 @@ async fn a_tombstoned_producer_that_unregisters_stays_gone_until_it_registers_ag
     let lookupd = TestLookupd::start().await;
     let mut nsqd = lookupd.nsqd("n1", 4150, 4151).await;
     nsqd.register("t", Some("c")).await;
-    assert_empty_ok(&lookupd.http("POST", "/topic/tombstone?topic=t&node=n1:4151").await);
+    assert_ok(&lookupd.http("POST", "/topic/tombstone?topic=t&node=n1:4151").await, "");
     assert!(lookup_producers(&lookupd, "t").await.is_empty());
     nsqd.unregister("t", None).await;
     lookupd.advance(Duration::from_secs(46));
@@ -313,25 +292,25 @@ async fn http_creates_and_deletes_topic_and_channel_keys() {
     // the producers under them, and the nsqds' connections are not affected. Method: each
     // action, then the listings.
     let lookupd = TestLookupd::start().await;
-    assert_empty_ok(&lookupd.http("POST", "/topic/create?topic=a").await);
+    assert_ok(&lookupd.http("POST", "/topic/create?topic=a").await, "");
     let found = lookupd.get_json("/lookup?topic=a").await;
     assert_eq!(found, json!({ "channels": [], "producers": [] }));
-    assert_empty_ok(&lookupd.http("POST", "/channel/create?topic=b&channel=c").await);
-    assert_empty_ok(&lookupd.http("POST", "/channel/create?topic=b&channel=c").await);
+    assert_ok(&lookupd.http("POST", "/channel/create?topic=b&channel=c").await, "");
+    assert_ok(&lookupd.http("POST", "/channel/create?topic=b&channel=c").await, "");
     assert_eq!(lookupd.get_json("/topics").await, json!({ "topics": ["a", "b"] }));
     assert_eq!(lookupd.get_json("/channels?topic=b").await, json!({ "channels": ["c"] }));
 
-    assert_empty_ok(&lookupd.http("POST", "/channel/delete?topic=b&channel=c").await);
+    assert_ok(&lookupd.http("POST", "/channel/delete?topic=b&channel=c").await, "");
     assert_eq!(lookupd.get_json("/channels?topic=b").await, json!({ "channels": [] }));
     let again = lookupd.http("POST", "/channel/delete?topic=b&channel=c").await;
     assert_error(&again, 404, "CHANNEL_NOT_FOUND");
-    assert_empty_ok(&lookupd.http("POST", "/topic/delete?topic=b").await);
-    assert_empty_ok(&lookupd.http("POST", "/topic/delete?topic=never").await);
+    assert_ok(&lookupd.http("POST", "/topic/delete?topic=b").await, "");
+    assert_ok(&lookupd.http("POST", "/topic/delete?topic=never").await, "");
     assert_eq!(lookupd.get_json("/topics").await, json!({ "topics": ["a"] }));
 
     let mut nsqd = lookupd.nsqd("n1", 4150, 4151).await;
     nsqd.register("z", Some("c")).await;
-    assert_empty_ok(&lookupd.http("POST", "/topic/delete?topic=z").await);
+    assert_ok(&lookupd.http("POST", "/topic/delete?topic=z").await, "");
     assert_error(&lookupd.http("GET", "/lookup?topic=z").await, 404, "TOPIC_NOT_FOUND");
     let debug = lookupd.get_json("/debug").await;
     assert_eq!(debug.as_object().unwrap().keys().collect::<Vec<_>>(), ["client::"]);

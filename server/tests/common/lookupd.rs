@@ -10,7 +10,7 @@ use server::lookupd::{Clock, Lookupd, LookupdOptions, RunningLookupd};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::{HttpReply, http_request};
+use super::{HttpReply, http_request, ok_json};
 
 /// Where the test clock starts: 2026-01-01T00:00:00Z, in Unix nanoseconds.
 pub const CLOCK_START_NS: i64 = 1_767_225_600_000_000_000;
@@ -75,10 +75,9 @@ impl TestLookupd {
         http_request(self.http, method, target, &[], b"").await
     }
 
+    /// A GET answered 200 with a JSON document in the V1 envelope; returns the document.
     pub async fn get_json(&self, target: &str) -> serde_json::Value {
-        let reply = self.http("GET", target).await;
-        assert_eq!(reply.status, 200, "{target}: {reply:?}");
-        reply.json()
+        ok_json(&self.http("GET", target).await)
     }
 
     pub async fn stop(mut self) {

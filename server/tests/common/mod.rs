@@ -334,6 +334,39 @@ impl HttpReply {
     }
 }
 
+/// The `X-NSQ-Content-Type` of every reply in NSQ's V1 envelope (nsqd's and nsqlookupd's).
+pub const NSQ_CONTENT_TYPE: &str = "nsq; version=1.0";
+pub const JSON_CONTENT_TYPE: &str = "application/json; charset=utf-8";
+
+/// A V1 error reply: the status, `{"message":"<TEXT>"}` exactly, as JSON, with the V1 header.
+#[track_caller]
+pub fn assert_error(reply: &HttpReply, status: u16, message: &str) {
+    let expected = format!(r#"{{"message":"{message}"}}"#);
+    assert_eq!((reply.status, reply.text()), (status, expected), "{reply:?}");
+    assert_eq!(reply.header("X-NSQ-Content-Type"), Some(NSQ_CONTENT_TYPE), "{reply:?}");
+    assert_eq!(reply.header("Content-Type"), Some(JSON_CONTENT_TYPE), "{reply:?}");
+}
+
+/// A V1 success with a raw body (`OK`), or an empty one without a content type (the topic and
+/// channel actions).
+#[track_caller]
+pub fn assert_ok(reply: &HttpReply, body: &str) {
+    assert_eq!((reply.status, reply.text().as_str()), (200, body), "{reply:?}");
+    assert_eq!(reply.header("X-NSQ-Content-Type"), Some(NSQ_CONTENT_TYPE), "{reply:?}");
+    if body.is_empty() {
+        assert_eq!(reply.header("Content-Type"), None, "{reply:?}");
+    }
+}
+
+/// A V1 success with a JSON body; returns the document.
+#[track_caller]
+pub fn ok_json(reply: &HttpReply) -> serde_json::Value {
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.header("X-NSQ-Content-Type"), Some(NSQ_CONTENT_TYPE), "{reply:?}");
+    assert_eq!(reply.header("Content-Type"), Some(JSON_CONTENT_TYPE), "{reply:?}");
+    reply.json()
+}
+
 /// One HTTP/1.1 request on its own connection, read to the close.
 pub async fn http_request(
     addr: SocketAddr,
