@@ -1,14 +1,11 @@
 //! Tests of nsqlookupd (NSQ.md §4) against one served on loopback: every TCP V1 command with
 //! NSQ's exact replies and error texts, driven with raw bytes; every HTTP endpoint with NSQ's
 //! JSON shapes, statuses and error texts; inactive producers and tombstones on a clock the test
-//! moves; malformed input that closes only its own connection; and the binary's command line.
+//! moves; malformed input that closes only its own connection. The binary's tests are in binary.rs.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::cast_possible_truncation)]
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use bytes::BufMut as _;
@@ -583,95 +580,4 @@ async fn a_connection_that_ends_mid_line_or_before_the_magic_is_just_closed() {
     nsqd.expect_ok().await;
     nsqd.close().await;
     lookupd.stop().await;
-}
-
-/// Runs the nsqlookupd binary to its end.
-fn nsqlookupd(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_nsqlookupd")).args(args).output().expect("run nsqlookupd")
-}
-
-#[test]
-fn binary_version_prints_nsqlookupds_line_and_exits_0() {
-    // Goal: `--version` and Go's `-version` print `nsqlookupd vX.Y.Z (built w/...)`.
-    // Method: run both.
-    for flag in ["--version", "-version"] {
-        let output = nsqlookupd(&[flag]);
-        assert!(output.status.success());
-        let text = String::from_utf8(output.stdout).unwrap();
-        assert!(text.starts_with("nsqlookupd v1.3.0 (built w/"), "{text}");
-        assert_eq!(text.lines().count(), 1);
-    }
-}
-
-#[test]
-fn binary_refuses_bad_flags_and_config_files_with_a_message() {
-    // Goal: nothing misconfigured starts. Method: an unknown flag, a bad duration, a bad log
-    // level and a config file that does not parse each exit non-zero naming the problem.
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("nsqlookupd.cfg");
-    std::fs::write(&path, "tombstone_lifetime = [").unwrap();
-    let config = format!("--config={}", path.display());
-    for (args, needle) in [
-        (&["--no-such-flag"][..], "no-such-flag"),
-        (&["-tombstone-lifetime", "soon"], "soon"),
-        (&["--inactive-producer-timeout=1x"], "1x"),
-        (&["--log-level=loud"], "loud"),
-        (&["--tcp-address=127.0.0.1:0", "--http-address=nowhere"], "listen (nowhere) failed"),
-        (&[config.as_str()], "nsqlookupd.cfg"),
-    ] {
-        let output = nsqlookupd(args);
-        assert!(!output.status.success(), "{args:?}");
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(stderr.contains(needle), "{args:?}: {stderr}");
-    }
-}
-
-/// A child process that a failing test does not leave running.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-#[test]
-fn binary_logs_its_real_ports_serves_and_stops_cleanly_on_sigterm() {
-    // Goal: started with port 0, the binary logs `TCP: listening on ADDR` and `HTTP:
-    // listening on ADDR` with the real ports, in nsqlookupd's log shape, serves on them, and
-    // exits 0 on SIGTERM. Method: read its stderr until both lines, PING it over TCP, signal.
-    let child = Command::new(env!("CARGO_BIN_EXE_nsqlookupd"))
-        .args(["--tcp-address=127.0.0.1:0", "--http-address=127.0.0.1:0", "-verbose"])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn nsqlookupd");
-    let mut child = KillOnDrop(child);
-    let mut lines = BufReader::new(child.0.stderr.take().unwrap()).lines();
-    let mut listening = |prefix: &str| -> SocketAddr {
-        for line in lines.by_ref() {
-            let line = line.unwrap();
-            assert!(line.starts_with("[nsqlookupd] "), "{line}");
-            if let Some(at) = line.find(prefix) {
-                return line[at + prefix.len()..].trim().parse().unwrap();
-            }
-        }
-        panic!("nsqlookupd ended before logging {prefix:?}");
-    };
-    let tcp = listening("TCP: listening on ");
-    let http = listening("HTTP: listening on ");
-    assert!(tcp.port() != 0 && http.port() != 0 && tcp != http);
-
-    let mut stream = std::net::TcpStream::connect(tcp).unwrap();
-    stream.write_all(b"  V1PING\n").unwrap();
-    let mut reply = [0u8; 6];
-    stream.read_exact(&mut reply).unwrap();
-    assert_eq!(&reply, b"\0\0\0\x02OK");
-    drop(stream);
-
-    let signalled = Command::new("kill").args(["-TERM", &child.0.id().to_string()]).status();
-    assert!(signalled.unwrap().success());
-    let status = child.0.wait().unwrap();
-    assert!(status.success(), "{status:?}");
 }
