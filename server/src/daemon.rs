@@ -5,20 +5,21 @@
 use std::process::ExitCode;
 
 use anyhow::Context as _;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::logging::{self, LogControl, LogLevel};
 use crate::options::{DaemonFlags, version_line};
 
 /// A daemon binary's `main`: reads what `parse` made of the command line (clap's own errors
 /// and `--help` print themselves in their usual form and exit 2 or 0; any other error is
-/// `[<binary>] FATAL: ...` and exit 1), answers `--version`, installs logging, then runs
-/// `serve` on a runtime whose threads are named after the binary. An error from `serve` is
-/// logged and exits 1.
+/// `[<binary>] FATAL: ...` and exit 1), answers `--version`, installs logging, catches
+/// SIGINT and SIGTERM, then runs `serve` on a runtime whose threads are named after the
+/// binary. An error from `serve` is logged and exits 1.
 pub fn main<O, F>(
     binary: &'static str,
     parsed: anyhow::Result<O>,
     flags: impl FnOnce(&O) -> &DaemonFlags,
-    serve: impl FnOnce(O, LogControl) -> F,
+    serve: impl FnOnce(O, LogControl, Signals) -> F,
 ) -> ExitCode
 where
     F: Future<Output = anyhow::Result<()>>,
@@ -49,7 +50,8 @@ where
             .context("starting the runtime")?;
         runtime.block_on(async move {
             tracing::info!("{}", version_line(binary));
-            serve(options, log).await
+            let signals = Signals::catch().context("catching SIGINT and SIGTERM")?;
+            serve(options, log, signals).await
         })
     };
     match run() {
@@ -61,17 +63,29 @@ where
     }
 }
 
-/// Waits for SIGINT or SIGTERM, then logs that shutdown begins.
-pub async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
-    tokio::select! {
-        _ = interrupt.recv() => {}
-        _ = terminate.recv() => {}
+/// SIGINT and SIGTERM, caught from before the daemon starts (as Go's daemons catch them), so
+/// that one sent while it starts stops it cleanly once started rather than killing it.
+#[derive(Debug)]
+pub struct Signals {
+    interrupt: Signal,
+    terminate: Signal,
+}
+
+impl Signals {
+    fn catch() -> std::io::Result<Signals> {
+        let interrupt = signal(SignalKind::interrupt())?;
+        let terminate = signal(SignalKind::terminate())?;
+        Ok(Signals { interrupt, terminate })
     }
-    tracing::info!("signal received: shutting down");
-    Ok(())
+
+    /// Waits for SIGINT or SIGTERM, then logs that shutdown begins.
+    pub async fn wait(mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+        tracing::info!("signal received: shutting down");
+    }
 }
 
 /// The machine's host name, as nsqd and nsqlookupd report it.

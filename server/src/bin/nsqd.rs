@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use server::daemon;
+use server::daemon::{self, Signals};
 use server::logging::LogControl;
 use server::{Nsqd, Options};
 
@@ -15,7 +15,7 @@ fn main() -> ExitCode {
     daemon::main("nsqd", parsed, |options| &options.daemon, run)
 }
 
-async fn run(options: Options, log: LogControl) -> anyhow::Result<()> {
+async fn run(options: Options, log: LogControl, signals: Signals) -> anyhow::Result<()> {
     Nsqd::check(&options)?;
     let data_path = options.data_path.clone();
     let config = options.engine_config();
@@ -31,6 +31,6 @@ async fn run(options: Options, log: LogControl) -> anyhow::Result<()> {
     engine.start_background().context("starting the engine")?;
     let engine = Arc::new(engine);
     let running = Nsqd::start(options, engine, log).await?;
-    daemon::wait_for_signal().await?;
+    signals.wait().await;
     running.shutdown().await
 }

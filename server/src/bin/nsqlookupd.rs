@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use server::daemon;
+use server::daemon::{self, Signals};
 use server::logging::LogControl;
 use server::lookupd::{Lookupd, LookupdOptions};
 
@@ -12,9 +12,9 @@ fn main() -> ExitCode {
     daemon::main("nsqlookupd", parsed, |options| &options.daemon, run)
 }
 
-async fn run(options: LookupdOptions, _log: LogControl) -> anyhow::Result<()> {
+async fn run(options: LookupdOptions, _log: LogControl, signals: Signals) -> anyhow::Result<()> {
     let running = Lookupd::start(options).await?;
-    daemon::wait_for_signal().await?;
+    signals.wait().await;
     running.shutdown().await;
     Ok(())
 }
