@@ -5,6 +5,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 const NSQD: &str = env!("CARGO_BIN_EXE_nsqd");
@@ -17,16 +18,16 @@ fn run(binary: &str, args: &[&str]) -> Output {
     let output =
         Command::new(binary).args(args).current_dir(dir.path()).output().expect("run binary");
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
-    assert!(left.is_empty() || output.status.success(), "{args:?} failed after writing {left:?}");
+    let failed = !output.status.success();
+    assert!(left.is_empty() || !failed, "{binary} {args:?} failed after writing {left:?}");
     output
 }
 
-/// The run failed, naming the problem (`needle`) on stderr.
-#[track_caller]
-fn assert_refused(output: &Output, args: &[&str], needle: &str) {
-    assert!(!output.status.success(), "{args:?}");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains(needle), "{args:?}: {stderr}");
+/// `--config=<dir>/<name>`, naming a file written there that is not TOML.
+fn broken_config(dir: &Path, name: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, "log_level = [").unwrap();
+    format!("--config={}", path.display())
 }
 
 #[test]
@@ -45,52 +46,39 @@ fn version_prints_the_daemons_line_and_exits_0() {
 }
 
 #[test]
-fn nsqd_refuses_bad_flags_and_values_with_a_message() {
-    // Goal: nothing misconfigured starts, or touches a data directory. Method: an unknown
-    // flag, a bad duration, an out-of-range node id, an unsupported feature and unusable TLS
-    // files each exit non-zero naming the problem, having written nothing.
-    for (args, needle) in [
-        (&["--no-such-flag"][..], "no-such-flag"),
-        (&["-msg-timeout", "soon"], "soon"),
-        (&["--node-id=5000"], "5000"),
-        (&["--statsd-address=127.0.0.1:8125"], "statsd-address"),
-        (&["--tls-cert=cert.pem"], "--tls-cert and --tls-key"),
-        (&["--tls-cert=cert.pem", "--tls-key=key.pem"], "cert.pem"),
-    ] {
-        assert_refused(&run(NSQD, args), args, needle);
-    }
-}
-
-#[test]
-fn nsqd_stops_on_a_config_file_that_does_not_parse() {
-    // Goal: a broken --config is fatal, with the file named. Method: write invalid TOML.
+fn bad_flags_and_config_files_are_refused_with_a_message() {
+    // Goal: nothing misconfigured starts, or touches a data directory. Method: for nsqd an
+    // unknown flag, a bad duration, an out-of-range node id, an unsupported feature and
+    // unusable TLS files; for nsqlookupd an unknown flag, bad durations, a bad log level and
+    // an address it cannot listen on; for both a config file that does not parse. Each exits
+    // non-zero naming the problem (a file by its name), having written nothing.
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("nsqd.cfg");
-    std::fs::write(&path, "mem_queue_size = [").unwrap();
-    let config = format!("--config={}", path.display());
-    let output = run(NSQD, &[&config]);
-    assert_refused(&output, &[&config], "failed to load config file");
-    assert_refused(&output, &[&config], "nsqd.cfg");
-}
-
-#[test]
-fn nsqlookupd_refuses_bad_flags_and_config_files_with_a_message() {
-    // Goal: nothing misconfigured starts. Method: an unknown flag, a bad duration, a bad log
-    // level, an address it cannot listen on and a config file that does not parse each exit
-    // non-zero naming the problem.
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("nsqlookupd.cfg");
-    std::fs::write(&path, "tombstone_lifetime = [").unwrap();
-    let config = format!("--config={}", path.display());
-    for (args, needle) in [
-        (&["--no-such-flag"][..], "no-such-flag"),
-        (&["-tombstone-lifetime", "soon"], "soon"),
-        (&["--inactive-producer-timeout=1x"], "1x"),
-        (&["--log-level=loud"], "loud"),
-        (&["--tcp-address=127.0.0.1:0", "--http-address=nowhere"], "listen (nowhere) failed"),
-        (&[config.as_str()], "nsqlookupd.cfg"),
+    let nsqd_config = broken_config(dir.path(), "nsqd.cfg");
+    let lookupd_config = broken_config(dir.path(), "nsqlookupd.cfg");
+    for (binary, args, needle) in [
+        (NSQD, &["--no-such-flag"][..], "no-such-flag"),
+        (NSQD, &["-msg-timeout", "soon"], "soon"),
+        (NSQD, &["--node-id=5000"], "5000"),
+        (NSQD, &["--statsd-address=127.0.0.1:8125"], "statsd-address"),
+        (NSQD, &["--tls-cert=cert.pem"], "--tls-cert and --tls-key"),
+        (NSQD, &["--tls-cert=cert.pem", "--tls-key=key.pem"], "cert.pem"),
+        (NSQD, &[nsqd_config.as_str()], "failed to load config file"),
+        (NSQD, &[nsqd_config.as_str()], "nsqd.cfg"),
+        (NSQLOOKUPD, &["--no-such-flag"], "no-such-flag"),
+        (NSQLOOKUPD, &["-tombstone-lifetime", "soon"], "soon"),
+        (NSQLOOKUPD, &["--inactive-producer-timeout=1x"], "1x"),
+        (NSQLOOKUPD, &["--log-level=loud"], "loud"),
+        (
+            NSQLOOKUPD,
+            &["--tcp-address=127.0.0.1:0", "--http-address=nowhere"],
+            "listen (nowhere) failed",
+        ),
+        (NSQLOOKUPD, &[lookupd_config.as_str()], "nsqlookupd.cfg"),
     ] {
-        assert_refused(&run(NSQLOOKUPD, args), args, needle);
+        let output = run(binary, args);
+        assert!(!output.status.success(), "{binary} {args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(needle), "{binary} {args:?}: {stderr}");
     }
 }
 
