@@ -8,7 +8,9 @@
 //! - `http`: the HTTP API, with nsqd's V1 envelope.
 //! - [`clock`]: the time the registry judges by, which tests move themselves.
 //!
-//! It shares the server crate's plumbing (options, logging) and never touches the engine.
+//! It shares the server crate's plumbing with nsqd (options, logging, the binary's `daemon::main`,
+//! the accept loop and drain of `serving`, the V1 envelope of `http_api`) and never touches
+//! the engine.
 
 pub mod clock;
 mod http;
