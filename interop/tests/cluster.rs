@@ -38,6 +38,45 @@ async fn nsqd(lookupds: &[SocketAddr], extra: &[&str]) -> InteropServer {
     InteropServer::start_with(&flags).await
 }
 
+/// Two lookupds and three nsqds registering with both.
+struct Cluster {
+    lookupds: Vec<RunningLookupd>,
+    nsqds: Vec<InteropServer>,
+}
+
+impl Cluster {
+    async fn start() -> Self {
+        let mut lookupds = Vec::new();
+        for _ in 0..2 {
+            lookupds.push(lookupd("127.0.0.1:0", &[], Clock::system()).await);
+        }
+        let tcp: Vec<SocketAddr> = lookupds.iter().map(RunningLookupd::tcp_addr).collect();
+        let mut nsqds = Vec::new();
+        for _ in 0..3 {
+            nsqds.push(nsqd(&tcp, &[]).await);
+        }
+        Self { lookupds, nsqds }
+    }
+
+    /// The lookupds' HTTP addresses.
+    fn lookupd_http(&self) -> Vec<SocketAddr> {
+        self.lookupds.iter().map(RunningLookupd::http_addr).collect()
+    }
+
+    fn nsqd_ports(&self) -> Vec<u16> {
+        self.nsqds.iter().map(|n| n.tcp.port()).collect()
+    }
+
+    async fn stop(self) {
+        for node in self.nsqds {
+            node.stop().await;
+        }
+        for lookupd in self.lookupds {
+            lookupd.shutdown().await;
+        }
+    }
+}
+
 async fn get_json(addr: SocketAddr, target: &str) -> (u16, Value) {
     let (status, body) = http(addr, "GET", target, b"").await;
     let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
@@ -89,34 +128,24 @@ async fn a_pynsq_reader_given_only_the_lookupds_gets_every_message_of_every_nsqd
     // publish to each nsqd, wait until both lookupds list all three, then run pynsq's Reader
     // with lookupd_http_addresses and check the bodies and the connections it made.
     python::require_pynsq().await;
-    let (a, b) = (
-        lookupd("127.0.0.1:0", &[], Clock::system()).await,
-        lookupd("127.0.0.1:0", &[], Clock::system()).await,
-    );
-    let lookupds = [a.tcp_addr(), b.tcp_addr()];
-    let mut nsqds = Vec::new();
-    for _ in 0..3 {
-        nsqds.push(nsqd(&lookupds, &[]).await);
-    }
+    let cluster = Cluster::start().await;
     let mut published = BTreeSet::new();
-    for (n, node) in nsqds.iter().enumerate() {
+    for (n, node) in cluster.nsqds.iter().enumerate() {
         for i in 0..5 {
             let body = format!("node{n}-{i}");
             node.http_publish("spread", body.as_bytes()).await;
             published.insert(body);
         }
     }
-    let ports: Vec<u16> = nsqds.iter().map(|n| n.tcp.port()).collect();
-    for lookupd in [a.http_addr(), b.http_addr()] {
-        wait_for_producers(lookupd, "spread", &ports).await;
+    for lookupd in cluster.lookupd_http() {
+        wait_for_producers(lookupd, "spread", &cluster.nsqd_ports()).await;
     }
 
     let timeout = Duration::from_secs(30);
     let mut script = Command::new(python::python());
     script
         .arg(python::script("pynsq_lookupd_reader.py"))
-        .arg(format!("--lookupd-http={}", a.http_addr()))
-        .arg(format!("--lookupd-http={}", b.http_addr()))
+        .args(cluster.lookupd_http().iter().map(|a| format!("--lookupd-http={a}")))
         .args(["--topic=spread", "--channel=everything"])
         .arg(format!("--expect={}", published.len()))
         .arg(format!("--timeout={}", timeout.as_secs()));
@@ -127,15 +156,10 @@ async fn a_pynsq_reader_given_only_the_lookupds_gets_every_message_of_every_nsqd
     assert_eq!(received, published, "{context}");
     let connections = lines.iter().find_map(|l| l.strip_prefix("CONNECTIONS ")).unwrap();
     let connections: Vec<String> = serde_json::from_str(connections).unwrap();
-    let mut expected: Vec<String> = nsqds.iter().map(|n| n.tcp.to_string()).collect();
+    let mut expected: Vec<String> = cluster.nsqds.iter().map(|n| n.tcp.to_string()).collect();
     expected.sort_unstable();
     assert_eq!(connections, expected, "one connection per nsqd: {context}");
-
-    for node in nsqds {
-        node.stop().await;
-    }
-    a.shutdown().await;
-    b.shutdown().await;
+    cluster.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -143,44 +167,35 @@ async fn lookupds_follow_deletions_and_a_restarted_one_learns_everything_again()
     // Goal: a topic deleted on one nsqd leaves /lookup (its UNREGISTER reaches both
     // lookupds); a lookupd restarted on its port is given the whole topology again by the
     // nsqds reconnecting. Method: three nsqds with the topic and a channel each.
-    let (a, b) = (
-        lookupd("127.0.0.1:0", &[], Clock::system()).await,
-        lookupd("127.0.0.1:0", &[], Clock::system()).await,
-    );
-    let lookupds = [a.tcp_addr(), b.tcp_addr()];
-    let mut nsqds = Vec::new();
-    for _ in 0..3 {
-        let node = nsqd(&lookupds, &[]).await;
+    let mut cluster = Cluster::start().await;
+    for node in &cluster.nsqds {
         for target in ["/topic/create?topic=t", "/channel/create?topic=t&channel=c"] {
             assert_eq!(http(node.http, "POST", target, b"").await.0, 200, "{target}");
         }
-        nsqds.push(node);
     }
-    let ports: Vec<u16> = nsqds.iter().map(|n| n.tcp.port()).collect();
-    for lookupd in [a.http_addr(), b.http_addr()] {
+    let ports = cluster.nsqd_ports();
+    for lookupd in cluster.lookupd_http() {
         wait_for_producers(lookupd, "t", &ports).await;
     }
 
-    let (status, _) = http(nsqds[0].http, "POST", "/topic/delete?topic=t", b"").await;
+    let (status, _) = http(cluster.nsqds[0].http, "POST", "/topic/delete?topic=t", b"").await;
     assert_eq!(status, 200);
-    for lookupd in [a.http_addr(), b.http_addr()] {
+    for lookupd in cluster.lookupd_http() {
         wait_for_producers(lookupd, "t", &ports[1..]).await;
     }
 
-    let port = a.tcp_addr();
-    a.shutdown().await;
-    let a = lookupd(&port.to_string(), &[], Clock::system()).await;
-    wait_for_producers(a.http_addr(), "t", &ports[1..]).await;
-    let (_, channels) = get_json(a.http_addr(), "/channels?topic=t").await;
+    let stopped = cluster.lookupds.remove(0);
+    let port = stopped.tcp_addr();
+    stopped.shutdown().await;
+    let restarted = lookupd(&port.to_string(), &[], Clock::system()).await;
+    let http_addr = restarted.http_addr();
+    cluster.lookupds.push(restarted);
+    wait_for_producers(http_addr, "t", &ports[1..]).await;
+    let (_, channels) = get_json(http_addr, "/channels?topic=t").await;
     assert_eq!(channels, serde_json::json!({"channels": ["c"]}));
-    let (_, nodes) = get_json(a.http_addr(), "/nodes").await;
+    let (_, nodes) = get_json(http_addr, "/nodes").await;
     assert_eq!(nodes["producers"].as_array().unwrap().len(), 3, "{nodes}");
-
-    for node in nsqds {
-        node.stop().await;
-    }
-    a.shutdown().await;
-    b.shutdown().await;
+    cluster.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
