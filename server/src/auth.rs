@@ -10,6 +10,9 @@
 use regex::Regex;
 use serde::Deserialize;
 
+use axum::http::StatusCode;
+
+use crate::http_api::{send_v1, unexpected_reply};
 use crate::options::Options;
 
 /// The auth servers, and the HTTP client that reaches them.
@@ -201,19 +204,13 @@ impl AuthServers {
                     form_urlencoded::Serializer::new(String::new()).extend_pairs(params).finish();
                 self.http.get(format!("{endpoint}?{encoded}"))
             };
-            let response = request
-                .header("Accept", "application/vnd.nsq; version=1.0")
-                .send()
-                .await
-                .map_err(|e| error_chain(&e))?;
-            let status = response.status();
-            let body = response.bytes().await.map_err(|e| error_chain(&e))?;
-            if status.as_u16() == 403 && !endpoint.starts_with("https") {
+            let (status, body) = send_v1(request).await?;
+            if status == StatusCode::FORBIDDEN && !endpoint.starts_with("https") {
                 endpoint = https_endpoint(&endpoint, &body)?;
                 continue;
             }
-            if status.as_u16() != 200 {
-                return Err(format!("got response {status} {:?}", String::from_utf8_lossy(&body)));
+            if status != StatusCode::OK {
+                return Err(unexpected_reply(status, &body));
             }
             return serde_json::from_slice(&body).map_err(|e| e.to_string());
         }
@@ -231,18 +228,6 @@ fn https_endpoint(endpoint: &str, body: &[u8]) -> Result<String, String> {
     https.set_host(Some(host)).map_err(|e| e.to_string())?;
     https.set_port(Some(forbidden.https_port)).map_err(|()| format!("bad port in {endpoint}"))?;
     Ok(https.to_string())
-}
-
-/// An error with its causes ("error sending request: connection refused").
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -2,7 +2,8 @@
 //! for objects), errors as `{"message":"<TEXT>"}` with their status, and `X-NSQ-Content-Type:
 //! nsq; version=1.0` on every reply but `/ping`. Around the routes: parameters from the query
 //! string only, read as Go reads them; 404 and 405 in the envelope; every request logged at
-//! INFO; a graceful stop.
+//! INFO; a graceful stop. And the client side nsqd uses towards auth servers and lookupds
+//! ([`send_v1`]).
 
 use std::fmt::Debug;
 use std::time::Instant;
@@ -192,4 +193,37 @@ impl Query {
         }
         Ok((topic, channel))
     }
+}
+
+/// Sends a request to another NSQ daemon's (or an auth server's) HTTP API as nsqd's `GETV1`
+/// and `POSTV1` do, with `Accept: application/vnd.nsq; version=1.0`, and reads the whole
+/// reply: its status and body. Errors are texts with their causes, for the log.
+pub(crate) async fn send_v1(
+    request: reqwest::RequestBuilder,
+) -> Result<(StatusCode, bytes::Bytes), String> {
+    let response = request
+        .header("Accept", "application/vnd.nsq; version=1.0")
+        .send()
+        .await
+        .map_err(|e| error_chain(&e))?;
+    let status = response.status();
+    let body = response.bytes().await.map_err(|e| error_chain(&e))?;
+    Ok((status, body))
+}
+
+/// nsqd's error for a reply other than 200.
+pub(crate) fn unexpected_reply(status: StatusCode, body: &[u8]) -> String {
+    format!("got response {status} {:?}", String::from_utf8_lossy(body))
+}
+
+/// An error with its causes ("error sending request: connection refused").
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }

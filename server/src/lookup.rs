@@ -29,6 +29,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::http_api::{send_v1, unexpected_reply};
 use crate::nsqd::Nsqd;
 use crate::options::NSQ_VERSION;
 
@@ -116,6 +117,7 @@ impl Lookup {
             let stop = self.shutdown.child_token();
             let task = PeerTask {
                 address: address.clone(),
+                ping_interval: nsqd.options.lookupd_ping_interval.max(Duration::from_millis(1)),
                 nsqd: Arc::downgrade(nsqd),
                 infos: Arc::clone(&self.infos),
                 queue: receiver,
@@ -213,16 +215,9 @@ async fn lookupd_channels(
     }
     let query: String =
         form_urlencoded::Serializer::new(String::new()).append_pair("topic", topic).finish();
-    let response = http
-        .get(format!("{endpoint}/channels?{query}"))
-        .header("Accept", "application/vnd.nsq; version=1.0")
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = response.status();
-    let body = response.bytes().await.map_err(|e| e.to_string())?;
-    if !status.is_success() {
-        return Err(format!("got response {status} {:?}", String::from_utf8_lossy(&body)));
+    let (status, body) = send_v1(http.get(format!("{endpoint}/channels?{query}"))).await?;
+    if status != reqwest::StatusCode::OK {
+        return Err(unexpected_reply(status, &body));
     }
     let channels: Channels = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
     Ok(channels.channels)
@@ -231,6 +226,8 @@ async fn lookupd_channels(
 /// One peer's connection loop.
 struct PeerTask {
     address: String,
+    /// `--lookupd-ping-interval`.
+    ping_interval: Duration,
     nsqd: Weak<Nsqd>,
     infos: Arc<Mutex<BTreeMap<String, LookupdInfo>>>,
     queue: mpsc::UnboundedReceiver<Registration>,
@@ -354,8 +351,7 @@ impl PeerTask {
 
     /// Passes on changes and PINGs until the connection fails or the peer is stopped.
     async fn serve(&mut self, mut connection: Connection) {
-        let every = self.nsqd.upgrade().map_or(BACKOFF_MAX, |n| n.options.lookupd_ping_interval);
-        let every = every.max(Duration::from_millis(1));
+        let every = self.ping_interval;
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         let result: io::Result<()> = loop {
             tokio::select! {

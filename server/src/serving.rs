@@ -39,25 +39,33 @@ pub(crate) async fn accept_loop<S, F>(
         tokio::select! {
             () = shutdown.cancelled() => break,
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-            accepted = listener.accept() => match accepted {
-                Ok((stream, remote)) => {
-                    if let Err(error) = stream.set_nodelay(true) {
-                        tracing::debug!(%remote, %error, "TCP_NODELAY failed");
-                    }
-                    tracing::info!("TCP: new client({remote})");
-                    tasks.spawn(serve(stream, remote, connections.child_token()));
+            (stream, remote) = accept(&listener, "TCP") => {
+                if let Err(error) = stream.set_nodelay(true) {
+                    tracing::debug!(%remote, %error, "TCP_NODELAY failed");
                 }
-                Err(error) => {
-                    tracing::error!(%error, "TCP: accept failed");
-                    tokio::time::sleep(ACCEPT_RETRY_DELAY).await;
-                }
-            },
+                tracing::info!("TCP: new client({remote})");
+                tasks.spawn(serve(stream, remote, connections.child_token()));
+            }
         }
     }
     drop(listener);
     tracing::info!("TCP: closing");
     connections.cancel();
     while tasks.join_next().await.is_some() {}
+}
+
+/// The next connection; a failed accept (out of descriptors and the like) is logged as
+/// `<what>: accept failed` and retried after a pause rather than in a spin.
+pub(crate) async fn accept(listener: &TcpListener, what: &str) -> (TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(accepted) => return accepted,
+            Err(error) => {
+                tracing::error!(%error, "{what}: accept failed");
+                tokio::time::sleep(ACCEPT_RETRY_DELAY).await;
+            }
+        }
+    }
 }
 
 /// Waits up to `grace` for `tasks` to end; those left are aborted, with the warning

@@ -248,14 +248,7 @@ impl HttpsListener {
             loop {
                 let (stream, remote) = tokio::select! {
                     () = shutdown.cancelled() => return,
-                    accepted = listener.accept() => match accepted {
-                        Ok(accepted) => accepted,
-                        Err(error) => {
-                            tracing::error!(%error, "HTTPS: accept failed");
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                            continue;
-                        }
-                    },
+                    accepted = crate::serving::accept(&listener, "HTTPS") => accepted,
                 };
                 let (acceptor, send) = (acceptor.clone(), send.clone());
                 tokio::spawn(async move {
