@@ -138,11 +138,11 @@ impl AuthState {
 
 impl AuthServers {
     /// The servers of `--auth-http-address`, or `None` when auth is off.
-    pub(crate) fn new(options: &Options) -> anyhow::Result<Option<Self>> {
+    pub(crate) fn new(options: &Options, http: &reqwest::Client) -> Option<Self> {
         if options.auth_http_addresses.is_empty() {
-            return Ok(None);
+            return None;
         }
-        let http = crate::tls::http_client(options)?;
+        let http = http.clone();
         let endpoints = options
             .auth_http_addresses
             .iter()
@@ -154,7 +154,7 @@ impl AuthServers {
                 }
             })
             .collect();
-        Ok(Some(Self { endpoints, post: options.auth_http_request_method == "post", http }))
+        Some(Self { endpoints, post: options.auth_http_request_method == "post", http })
     }
 
     /// Asks the servers in turn, from a random one, until one gives a valid answer. The error

@@ -77,18 +77,14 @@ struct Peer {
 }
 
 impl Lookup {
-    pub(crate) fn new(
-        options: &crate::Options,
-        shutdown: CancellationToken,
-    ) -> anyhow::Result<Self> {
-        let http = crate::tls::http_client(options)?;
-        Ok(Self {
+    pub(crate) fn new(http: reqwest::Client, shutdown: CancellationToken) -> Self {
+        Self {
             peers: Mutex::new(BTreeMap::new()),
             infos: Arc::default(),
             http,
             shutdown,
             runtime: tokio::runtime::Handle::current(),
-        })
+        }
     }
 
     /// The addresses of the peers.

@@ -93,28 +93,43 @@ impl Nsqd {
         if self.options.mem_queue_size == 0 { blocking(publish).await } else { publish() }
     }
 
-    /// Checks what start-up would build from the options (the TLS configuration with its
-    /// certificate files, the auth servers' client), so that a bad certificate stops nsqd
-    /// before it opens its data directory.
-    pub fn check(options: &Options) -> anyhow::Result<()> {
-        crate::tls::server_config(options)?;
-        AuthServers::new(options)?;
-        Ok(())
+    /// Builds what the options ask for before anything is opened or bound: the TLS
+    /// configuration (reading its certificate files) and the HTTP client for auth servers
+    /// and lookupds. A bad certificate stops nsqd here, before it opens its data directory.
+    pub fn prepare(options: Options) -> anyhow::Result<Prepared> {
+        let tls = crate::tls::server_config(&options)?;
+        let http = crate::tls::http_client(&options)?;
+        Ok(Prepared { options, tls, http })
     }
 
-    /// Binds the listeners and starts serving. The engine's background work (timers, queued
-    /// writes, checkpoints) is the caller's to start: the binary starts it, tests drive it.
+    /// [`Nsqd::prepare`], then [`Prepared::start`].
     pub async fn start(
         options: Options,
         engine: Arc<Engine>,
         log: LogControl,
     ) -> anyhow::Result<RunningNsqd> {
-        let tls = crate::tls::server_config(&options)?;
+        Self::prepare(options)?.start(engine, log).await
+    }
+}
+
+/// nsqd's options with what was built from them, ready to serve.
+#[derive(Debug)]
+pub struct Prepared {
+    options: Options,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    http: reqwest::Client,
+}
+
+impl Prepared {
+    /// Binds the listeners and starts serving. The engine's background work (timers, queued
+    /// writes, checkpoints) is the caller's to start: the binary starts it, tests drive it.
+    pub async fn start(self, engine: Arc<Engine>, log: LogControl) -> anyhow::Result<RunningNsqd> {
+        let Prepared { options, tls, http } = self;
         let tls_required = options.effective_tls_required();
-        let auth = AuthServers::new(&options)?;
+        let auth = AuthServers::new(&options, &http);
         let shutdown = CancellationToken::new();
         let connections = CancellationToken::new();
-        let lookup = Lookup::new(&options, shutdown.clone())?;
+        let lookup = Lookup::new(http, shutdown.clone());
         let tcp = bind(&options.tcp_address).await?;
         let tcp_addr = tcp.local_addr()?;
         let http = if options.http_address.is_empty() {

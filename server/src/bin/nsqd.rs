@@ -16,21 +16,21 @@ fn main() -> ExitCode {
 }
 
 async fn run(options: Options, log: LogControl, signals: Signals) -> anyhow::Result<()> {
-    Nsqd::check(&options)?;
     let data_path = options.data_path.clone();
     let config = options.engine_config();
-    let (engine, report) =
-        tokio::task::spawn_blocking(move || engine::Engine::open(&data_path, config))
-            .await?
-            .with_context(|| {
-                format!("failed to open data directory {}", options.data_path.display())
-            })?;
+    let prepared = Nsqd::prepare(options)?;
+    let (engine, report) = tokio::task::spawn_blocking({
+        let data_path = data_path.clone();
+        move || engine::Engine::open(&data_path, config)
+    })
+    .await?
+    .with_context(|| format!("failed to open data directory {}", data_path.display()))?;
     for (topic, recovery) in &report.topics {
         tracing::info!(topic = %topic, "recovered: {recovery:?}");
     }
     engine.start_background().context("starting the engine")?;
     let engine = Arc::new(engine);
-    let running = Nsqd::start(options, engine, log).await?;
+    let running = prepared.start(engine, log).await?;
     signals.wait().await;
     running.shutdown().await
 }
