@@ -18,11 +18,12 @@ use crate::changes::Change;
 use crate::sync::lock;
 use std::collections::BTreeMap;
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
+use crate::catalog::{CATALOG_FILE_NAME, Catalog};
 use crate::channel::Channel;
 use crate::clock::duration_ns;
 use crate::error::EngineError;
@@ -35,9 +36,6 @@ use crate::stats::TopicStats;
 use crate::storage::Storage;
 use crate::{Context, EngineInner};
 
-/// Name of the file beside a topic's segments that lists its channels.
-pub const CATALOG_FILE_NAME: &str = "CATALOG";
-const CATALOG_TMP_NAME: &str = "CATALOG.tmp";
 const NOT_PAUSED: u64 = u64::MAX;
 
 /// What channels need of their topic.
@@ -544,47 +542,30 @@ impl Topic {
         Ok(())
     }
 
-    /// Writes the catalog: the topic's durable channels and pause states, in plain text, for
-    /// `nsq-fsck rebuild-meta` should the metadata store be lost. Written to a temporary file,
-    /// fsynced and renamed over the old one.
+    /// Writes the catalog: the topic's durable channels and pause states, for
+    /// `nsq-fsck rebuild-meta` should the metadata store be lost.
     fn write_catalog(&self, state: &TopicRecord) -> Result<(), EngineError> {
+        let catalog = Catalog {
+            topic: self.name().to_owned(),
+            paused: state.paused_at.is_some(),
+            channels: self
+                .channels()
+                .iter()
+                .filter(|channel| !channel.is_ephemeral())
+                .map(|channel| (channel.name().to_owned(), channel.is_paused()))
+                .collect(),
+        };
         let dir = self.core.log.dir();
-        let mut text = String::from("# nsq-rs catalog v1: the channels of this topic\n");
-        text.push_str(&format!(
-            "topic {}{}\n",
-            self.name(),
-            if state.paused_at.is_some() { " paused" } else { "" }
-        ));
-        for channel in self.channels() {
-            if !channel.is_ephemeral() {
-                let paused = if channel.is_paused() { " paused" } else { "" };
-                text.push_str(&format!("channel {}{paused}\n", channel.name()));
-            }
-        }
-        write_atomically(&*self.storage, dir, text.as_bytes())
+        catalog.write(&*self.storage, dir).map_err(|source| EngineError::Io {
+            op: "write catalog",
+            path: dir.join(CATALOG_FILE_NAME),
+            source,
+        })
     }
 
     pub(crate) fn dir(&self) -> &Path {
         self.core.log.dir()
     }
-}
-
-fn write_atomically(storage: &dyn Storage, dir: &Path, bytes: &[u8]) -> Result<(), EngineError> {
-    let tmp: PathBuf = dir.join(CATALOG_TMP_NAME);
-    let io = |op: &'static str, path: &Path| {
-        let path = path.to_path_buf();
-        move |source| EngineError::Io { op, path, source }
-    };
-    match storage.remove_file(&tmp) {
-        Ok(()) => {}
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-        Err(error) => return Err(io("remove", &tmp)(error)),
-    }
-    let file = storage.create_new(&tmp).map_err(io("create", &tmp))?;
-    file.write_all_at(bytes, 0).map_err(io("write", &tmp))?;
-    file.sync_data().map_err(io("fsync", &tmp))?;
-    let path = dir.join(CATALOG_FILE_NAME);
-    storage.rename(&tmp, &path).map_err(io("rename", &path))
 }
 
 pub(crate) fn limits(ctx: &Context) -> Limits {

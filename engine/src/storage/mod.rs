@@ -82,3 +82,21 @@ pub fn is_disk_full(error: &io::Error) -> bool {
     error.kind() == io::ErrorKind::StorageFull
         || error.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error())
 }
+
+/// Replaces the file `path` with `bytes` durably: written to `path` with `.tmp` appended,
+/// fsynced, then renamed over `path` (which [`Storage::rename`] makes durable). A crash leaves the
+/// old file or the new one, and at worst a stray `.tmp` that the next write replaces.
+pub fn write_atomically(storage: &dyn Storage, path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    match storage.remove_file(&tmp) {
+        Ok(()) => {}
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error),
+    }
+    let file = storage.create_new(&tmp)?;
+    file.write_all_at(bytes, 0)?;
+    file.sync_data()?;
+    storage.rename(&tmp, path)
+}
