@@ -22,6 +22,7 @@
 pub mod catalog;
 pub mod changes;
 pub mod channel;
+pub mod check;
 pub mod clock;
 pub mod config;
 mod engine;

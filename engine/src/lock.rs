@@ -42,6 +42,29 @@ impl DataDirLock {
     }
 }
 
+/// Whether another process holds the lock of `data_dir`, found without taking it and without
+/// writing anything (for tools that only read): `Some` with the holder's pid as text (empty when
+/// unknown) when held, `None` when free or when there is no lock file.
+pub fn probe_holder(data_dir: &Path) -> io::Result<Option<String>> {
+    let path = data_dir.join(LOCK_FILE_NAME);
+    let file = match std::fs::File::open(&path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(error),
+    };
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockShared) {
+        Ok(()) => {
+            rustix::fs::flock(&file, rustix::fs::FlockOperation::Unlock)?;
+            Ok(None)
+        }
+        Err(errno) if errno == rustix::io::Errno::WOULDBLOCK => {
+            let storage = crate::storage::FsStorage;
+            Ok(Some(holder_pid(&storage, &path).map(|pid| pid.to_string()).unwrap_or_default()))
+        }
+        Err(errno) => Err(io::Error::from(errno)),
+    }
+}
+
 fn holder_pid(storage: &dyn Storage, path: &Path) -> Option<u32> {
     let file = storage.open(path, false).ok()?;
     let mut buf = [0u8; 32];

@@ -24,6 +24,7 @@
 //!   it. File handles of older segments are opened on first read.
 
 mod error;
+mod offline;
 mod reader;
 mod recovery;
 mod scan;
@@ -39,7 +40,12 @@ use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::Duration;
 
 pub use error::LogError;
+pub use offline::{
+    SEGMENT_FIRST_RECORD_POS, SegmentItem, SegmentListing, SegmentReader, list_segments,
+    segment_header_problem,
+};
 pub use reader::LogReader;
+pub(crate) use recovery::whole_frame_at;
 pub use recovery::{RecoveryReport, Truncation};
 pub use scan::Record;
 pub use segment::Quarantined;

@@ -189,7 +189,7 @@ fn recover_last(
 
 /// The end and offset of the frame at `pos` if its header is whole, names `expected_offset`, and
 /// its length fits before `end`: a record whose body, not header, is damaged.
-fn whole_frame_at(
+pub(crate) fn whole_frame_at(
     file: &dyn StorageFile,
     pos: u64,
     end: u64,

@@ -20,6 +20,7 @@
 //! [`MemoryMeta`] is the same store in memory, with a crash that forgets everything since the
 //! last flush: the model tests crash it together with [`crate::storage::SimStorage`].
 
+mod audit;
 pub mod codec;
 mod memory;
 mod sled_store;
@@ -29,16 +30,20 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use audit::{BadKey, DeferredEntries, MetaAudit, MetaTree};
 pub use codec::{ChannelRecord, DeferredRecord, TopicRecord};
 pub use memory::MemoryMeta;
 
 use crate::names::NAME_MAX_BYTES;
 
-/// The trees of the store.
+/// The trees of the store (FORMAT.md §7).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub(crate) enum Tree {
+pub enum Tree {
+    /// Topic name to [`TopicRecord`].
     Topics,
+    /// `topic NUL channel` to [`ChannelRecord`].
     Channels,
+    /// `topic NUL channel NUL offset` to [`DeferredRecord`].
     Deferred,
 }
 

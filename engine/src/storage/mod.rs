@@ -60,6 +60,39 @@ pub trait StorageFile: Send + Sync + Debug {
     fn len(&self) -> io::Result<u64>;
 }
 
+/// A read-only file held in memory: a decompressed archive read with the log's own scans.
+#[derive(Debug, Clone)]
+pub struct BytesFile(pub bytes::Bytes);
+
+impl StorageFile for BytesFile {
+    fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+        let start = usize::try_from(pos).unwrap_or(usize::MAX).min(self.0.len());
+        let n = buf.len().min(self.0.len() - start);
+        buf[..n].copy_from_slice(&self.0[start..start + n]);
+        Ok(n)
+    }
+
+    fn write_all_at(&self, _buf: &[u8], _pos: u64) -> io::Result<()> {
+        Err(read_only())
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn set_len(&self, _len: u64) -> io::Result<()> {
+        Err(read_only())
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.0.len() as u64)
+    }
+}
+
+fn read_only() -> io::Error {
+    io::Error::new(io::ErrorKind::PermissionDenied, "the file is read-only")
+}
+
 /// Holds an exclusive lock until dropped.
 pub trait LockGuard: Send + Sync + Debug {}
 
