@@ -1,5 +1,6 @@
 //! The engine's settings, named and defaulted after nsqd's flags.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::log::LogConfig;
@@ -42,6 +43,10 @@ pub struct EngineConfig {
     pub e2e_percentiles: Vec<f64>,
     /// `--e2e-processing-latency-window-time`.
     pub e2e_window: Duration,
+    /// `--archive-path`: where retention archives the segments it removes
+    /// (`<archive_dir>/<topic>/`, FORMAT.md §8); `None` deletes them. Ephemeral topics are never
+    /// archived.
+    pub archive_dir: Option<PathBuf>,
 }
 
 impl Default for EngineConfig {
@@ -56,6 +61,7 @@ impl Default for EngineConfig {
             max_deferred_per_channel: DEFAULT_MAX_DEFERRED_PER_CHANNEL,
             e2e_percentiles: Vec::new(),
             e2e_window: DEFAULT_E2E_WINDOW,
+            archive_dir: None,
         }
     }
 }

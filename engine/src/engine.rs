@@ -12,7 +12,10 @@
 //! [`Engine::checkpoint`] (on an interval, and at close) syncs each topic's log, writes every
 //! durable channel's state limited to synced offsets, flushes the store, and only then deletes
 //! segments that no checkpointed channel needs. So the order on disk is always: log records,
-//! then the checkpoint that refers to them, then the removal of what it no longer needs.
+//! then the checkpoint that refers to them, then the removal of what it no longer needs. With
+//! [`EngineConfig::archive_dir`] set, a durable topic's segment is archived
+//! ([`crate::archive`]) before its removal, and a failure to archive keeps it for the next
+//! checkpoint.
 //!
 //! # Background work
 //! [`Engine::start_background`] runs one thread that fires timeouts and deferred deliveries when
@@ -20,6 +23,7 @@
 //! memory-queued records, fsyncs logs whose interval has passed, and checkpoints. Tests leave it
 //! off and call the same steps themselves, with a clock they move.
 
+use crate::archive::{Archiver, topic_archive_dir};
 use crate::changes::{Change, Observer, Observers};
 use crate::sync::lock;
 use std::collections::BTreeMap;
@@ -33,7 +37,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{EPHEMERAL_BYTES_PER_FILE, EngineConfig};
 use crate::error::EngineError;
 use crate::lock::DataDirLock;
-use crate::log::{LogConfig, RecoveryReport, SyncPolicy, TopicLog};
+use crate::log::{LogConfig, RecoveryReport, SegmentArchiver, SyncPolicy, TopicLog};
 use crate::meta::{MetaStore, TopicRecord};
 use crate::names::{is_ephemeral, is_valid_name};
 use crate::queue::timers::Timers;
@@ -436,9 +440,14 @@ impl EngineInner {
             }
         }
         self.meta.flush()?;
-        // The floors are durable now: what lies below them is no channel's any more.
+        // The floors are durable now: what lies below them is no channel's any more. Ephemeral
+        // topics have no floor here, so they are never archived.
         for (topic, floor) in floors {
-            if let Err(error) = topic.apply_retention(floor, None) {
+            let archiver = self.ctx.config.archive_dir.as_deref().map(|dir| {
+                Archiver::new(Arc::clone(&self.storage), topic_archive_dir(dir, topic.name()))
+            });
+            let archiver = archiver.as_ref().map(|a| a as &dyn SegmentArchiver);
+            if let Err(error) = topic.apply_retention(floor, archiver) {
                 tracing::error!(topic = %topic.name(), %error, "retention failed");
             }
         }

@@ -19,10 +19,11 @@
 //!   quarantined, and the [`log::RecoveryReport`] says exactly what was done.
 //! - A full disk fails the publish and harms nothing; a failed fsync poisons the log until reopen.
 
+pub mod archive;
 pub mod catalog;
 pub mod changes;
-pub mod channel;
 pub mod check;
+pub mod channel;
 pub mod clock;
 pub mod config;
 mod engine;

@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 mod check;
 mod dump;
 mod progress;
+mod replay;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -37,6 +38,9 @@ enum Command {
     Dump(dump::DumpArgs),
     /// Recreates the metadata store from the catalogs beside the topic logs.
     RebuildMeta(check::RebuildArgs),
+    /// Republishes a topic's archived (and live) messages, filtered by offset and time, to an
+    /// nsqd or into a data directory. Exit code 0: clean, 1: damage met and skipped.
+    Replay(replay::ReplayArgs),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +60,7 @@ fn main() -> ExitCode {
         Command::Repair(args) => check::repair(args),
         Command::Dump(args) => dump::run(args),
         Command::RebuildMeta(args) => check::rebuild(args),
+        Command::Replay(args) => replay::run(args),
     };
     match result {
         Ok(code) => code,

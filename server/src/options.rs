@@ -114,6 +114,9 @@ pub struct Options {
     /// duration of time per fsync
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub sync_timeout: Duration,
+    /// directory to archive consumed log segments into, zstd-compressed, for nsq-fsck replay (ours; empty disables archiving)
+    #[arg(long, default_value = "")]
+    pub archive_path: String,
     /// accepted for compatibility; timeouts here fire exactly, without scanning
     #[arg(long, default_value_t = 4)]
     pub queue_scan_worker_pool_max: u64,
@@ -448,6 +451,12 @@ impl Options {
         if self.msg_timeout > self.max_msg_timeout {
             bail!("--msg-timeout is above --max-msg-timeout");
         }
+        let archive_max = engine::archive::ARCHIVE_MAX_SEGMENT_BYTES;
+        if !self.archive_path.is_empty() && self.max_bytes_per_file > archive_max {
+            bail!(
+                "--archive-path cannot archive segments above {archive_max} bytes: lower --max-bytes-per-file"
+            );
+        }
         let has_tls = !self.tls_cert.is_empty() || !self.tls_key.is_empty();
         if self.effective_tls_required() != TlsRequired::No && !has_tls {
             bail!("cannot require TLS client connections without TLS key and cert");
@@ -482,6 +491,7 @@ impl Options {
             max_req_timeout: self.max_req_timeout,
             e2e_percentiles: percentiles,
             e2e_window: self.e2e_processing_latency_window_time,
+            archive_dir: (!self.archive_path.is_empty()).then(|| PathBuf::from(&self.archive_path)),
             ..engine::EngineConfig::default()
         }
     }
@@ -524,6 +534,7 @@ mod tests {
         assert_eq!(o.max_output_buffer_timeout, Duration::from_secs(30));
         assert_eq!(o.output_buffer_timeout, Duration::from_millis(250));
         assert_eq!(o.data_path, PathBuf::from(DEFAULT_DATA_PATH));
+        assert_eq!(o.engine_config().archive_dir, None, "archiving is off by default");
         assert!(o.deflate && o.snappy && !o.daemon.verbose);
         assert_eq!(o.daemon.log_prefix, "[nsqd] ");
     }
@@ -566,6 +577,7 @@ mod tests {
             &["--tls-min-version=ssl3.0"],
             &["--auth-http-request-method=put"],
             &["--statsd-address=127.0.0.1:8125"],
+            &["--archive-path=a", "--max-bytes-per-file=1073741825"],
             &["--no-such-flag"],
         ] {
             let result = Options::parse_args(std::iter::once("nsqd").chain(args.iter().copied()));
@@ -595,6 +607,19 @@ mod tests {
         std::fs::write(&path, "statsd_address = \"127.0.0.1:8125\"\n").unwrap();
         let result = Options::parse_args(["nsqd", config.as_str()]);
         assert!(result.unwrap_err().to_string().contains("statsd_address"));
+    }
+
+    #[test]
+    fn archive_path_sets_the_engines_archive_directory_from_flag_or_config_file() {
+        let o = parse(&["--archive-path=/var/lib/nsq-archive"]);
+        let expected = Some(PathBuf::from("/var/lib/nsq-archive"));
+        assert_eq!(o.engine_config().archive_dir, expected);
+        assert_eq!(parse(&["--archive-path="]).engine_config().archive_dir, None);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nsqd.cfg");
+        std::fs::write(&path, "archive_path = \"/var/lib/nsq-archive\"\n").unwrap();
+        let o = parse(&[&format!("--config={}", path.display())]);
+        assert_eq!(o.engine_config().archive_dir, expected);
     }
 
     #[test]
