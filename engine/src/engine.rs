@@ -394,7 +394,31 @@ impl EngineInner {
         if let Err(error) = topic.log().close() {
             tracing::warn!(topic = name, %error, "closing a deleted topic's log failed");
         }
-        self.remove_topic_files(topic.dir())
+        self.remove_topic_files(topic.dir())?;
+        self.retire_archive(name);
+        Ok(())
+    }
+
+    /// Moves a deleted topic's archive aside (`<topic>@deleted-<unix seconds>`, a name no topic
+    /// can have): a topic created again under the name starts at offset 0, and its archives
+    /// must not meet the old ones.
+    fn retire_archive(&self, name: &str) {
+        let Some(archive_dir) = &self.ctx.config.archive_dir else { return };
+        let dir = topic_archive_dir(archive_dir, name);
+        if self.storage.list_dir(&dir).is_err() {
+            return; // nothing was archived
+        }
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default();
+        let retired = archive_dir.join(format!("{name}@deleted-{secs}"));
+        if let Err(error) = self.storage.rename(&dir, &retired) {
+            tracing::error!(
+                archive = %dir.display(), %error,
+                "moving a deleted topic's archive aside failed: a topic of the same name will not archive until it is moved"
+            );
+        }
     }
 
     fn remove_topic_files(&self, dir: &Path) -> Result<(), EngineError> {

@@ -397,3 +397,30 @@ fn the_version_1_archive_fixture_reads_as_its_segment() {
     assert!(live.next().unwrap().is_none());
     assert_eq!(records, 3);
 }
+
+#[test]
+fn a_deleted_topics_archive_is_moved_aside_so_the_topic_can_archive_again() {
+    // Goal: a topic deleted and created again starts its offsets at 0, and its new archives do
+    // not collide with the old ones. Method: archive, delete the topic, publish and consume
+    // again under the same name; both generations' archives exist, each whole.
+    let h = harness();
+    let engine = h.open();
+    publish_and_consume(&engine, "t", 20);
+    engine.checkpoint().unwrap();
+    let (first, _) = archived_records(&h.storage, "t");
+    assert!(!first.is_empty());
+    engine.delete_topic("t").unwrap();
+    let retired: Vec<String> = h
+        .storage
+        .list_dir(Path::new(ARCHIVE))
+        .unwrap()
+        .into_iter()
+        .map(|n| n.to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("t@deleted-"))
+        .collect();
+    assert_eq!(retired.len(), 1, "the old archive is kept aside");
+    publish_and_consume(&engine, "t", 20);
+    engine.checkpoint().unwrap();
+    let (second, _) = archived_records(&h.storage, "t");
+    assert_eq!(second, first, "the new generation archived from offset 0 again");
+}

@@ -35,7 +35,7 @@ pub trait Storage: Send + Sync + Debug {
     fn remove_file(&self, path: &Path) -> io::Result<()>;
     /// Removes an empty directory, durably.
     fn remove_dir(&self, path: &Path) -> io::Result<()>;
-    /// Renames a file, replacing `to`, durably.
+    /// Renames a file, replacing `to`, or a directory (to a name not in use), durably.
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Makes the entries of directory `path` durable.
     fn sync_dir(&self, path: &Path) -> io::Result<()>;

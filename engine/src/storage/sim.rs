@@ -122,6 +122,19 @@ impl Inner {
         Ok(())
     }
 
+    /// Moves a directory and everything below it; the move is durable at once, as a renamed
+    /// file's entry is once its directories are synced.
+    fn rename_dir(&mut self, from: &Path, to: &Path) {
+        let moved = |path: &Path| match path.strip_prefix(from) {
+            Ok(rest) if rest.as_os_str().is_empty() => to.to_path_buf(),
+            Ok(rest) => to.join(rest),
+            Err(_) => path.to_path_buf(),
+        };
+        self.dirs = self.dirs.iter().map(|d| moved(d)).collect();
+        self.names = self.names.iter().map(|(p, id)| (moved(p), *id)).collect();
+        self.durable_names = self.durable_names.iter().map(|(p, id)| (moved(p), *id)).collect();
+    }
+
     fn lookup(&self, path: &Path) -> io::Result<u64> {
         self.names.get(path).copied().ok_or_else(|| {
             io::Error::new(io::ErrorKind::NotFound, format!("{} not found", path.display()))
@@ -450,6 +463,10 @@ impl Storage for SimStorage {
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let mut inner = self.lock();
         inner.step()?;
+        if inner.dirs.contains(from) && !inner.names.contains_key(from) {
+            inner.rename_dir(from, to);
+            return Ok(());
+        }
         let id = inner.lookup(from)?;
         inner.names.remove(from);
         inner.names.insert(to.to_path_buf(), id);
