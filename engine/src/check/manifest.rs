@@ -5,7 +5,7 @@
 //! <data>/quarantine/<topic>/MANIFEST
 //! <data>/quarantine/<topic>/<segment file name>@<position>.bin    the damaged bytes
 //! ```
-//! `MANIFEST` is UTF-8 text, one entry per line, sorted, rewritten atomically:
+//! `MANIFEST` is UTF-8 text, one entry per line, sorted, rewritten atomically (FORMAT.md §9):
 //! ```text
 //! # nsq-rs quarantine manifest v1
 //! damaged <segment file name> <position> <len_bytes> <lost start> <lost end> <reason>
