@@ -79,6 +79,12 @@ fn a_healthy_directory_verifies_clean_and_needs_no_repair() {
     let before = snapshot(data.path());
     let (code, kinds) = verify_kinds(data.path());
     assert_eq!((code, kinds), (0, vec![]));
+    let piped = fsck(&["verify", path_str(data.path())]);
+    assert!(
+        piped.stderr.is_empty(),
+        "no progress bar when not on a terminal: {:?}",
+        String::from_utf8_lossy(&piped.stderr)
+    );
     let inspect = fsck(&["inspect", path_str(data.path())]);
     assert_eq!(support::code(&inspect), 0);
     assert_eq!(before, snapshot(data.path()), "verify and inspect change no byte");
@@ -325,4 +331,77 @@ fn repair_refuses_a_directory_in_use() {
         "verify says the directory is in use: {kinds:?}"
     );
     engine.close().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_repair_nsqd_serves_every_message_outside_the_damage() {
+    // Goal: the repaired directory is one nsqd runs on. Method: zero a block, repair, start
+    // nsqd in-process on loopback over the directory, SUB to a channel that had read nothing and
+    // FIN what arrives until every message outside the damage came, each once, bodies intact.
+    let data = tempfile::tempdir().unwrap();
+    populate(data.path());
+    let (_, path) = segments(data.path())[1].clone();
+    let touched: Vec<u64> = record_positions(data.path())
+        .into_iter()
+        .filter(|(_, p, pos, len)| *p == path && *pos < 4096 + 4096 && pos + len > 4096)
+        .map(|(o, ..)| o)
+        .collect();
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[4096..8192].fill(0);
+    std::fs::write(&path, bytes).unwrap();
+    assert_eq!(code(&fsck(&["repair", path_str(data.path())])), 0);
+
+    let options = server::Options::parse_args([
+        "nsqd",
+        "--tcp-address=127.0.0.1:0",
+        "--http-address=127.0.0.1:0",
+        "--mem-queue-size=0",
+        &format!("--max-bytes-per-file={}", 16 * 1024),
+    ])
+    .unwrap();
+    let (engine, _) = engine::Engine::open(data.path(), options.engine_config()).unwrap();
+    let logs = server::logging::LogControl::fixed(server::logging::LogLevel::Warn);
+    let running = server::Nsqd::start(options, std::sync::Arc::new(engine), logs).await.unwrap();
+    let address = running.tcp_addr();
+    let expected = all_except(&touched);
+    let wanted = expected.len();
+    let got = tokio::task::spawn_blocking(move || consume(address, wanted)).await.unwrap();
+    running.shutdown().await.unwrap();
+    assert_eq!(got, expected);
+}
+
+/// Subscribes to `orders/audit` over TCP and FINs `count` messages; returns their indexes.
+fn consume(address: std::net::SocketAddr, count: usize) -> BTreeSet<u64> {
+    use bytes::BytesMut;
+    use protocol::command::Command;
+    use protocol::frame::{Frame, decode_frame};
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    let mut out = BytesMut::from(&b"  V2"[..]);
+    Command::Sub { topic: TOPIC, channel: "audit" }.encode(&mut out);
+    Command::Rdy(count as u64).encode(&mut out);
+    stream.write_all(&out).unwrap();
+    let mut seen = BTreeSet::new();
+    let mut buf = BytesMut::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    while seen.len() < count {
+        match decode_frame(&mut buf, 1 << 20).unwrap() {
+            Some(Frame::Message(message)) => {
+                let i: u64 = std::str::from_utf8(&message.body[8..12]).unwrap().parse().unwrap();
+                assert_eq!(message.body, body(i));
+                assert!(seen.insert(i), "message {i} delivered once");
+                let mut fin = BytesMut::new();
+                Command::Fin(&message.id).encode(&mut fin);
+                stream.write_all(&fin).unwrap();
+            }
+            Some(Frame::Error(error)) => panic!("{}", String::from_utf8_lossy(&error)),
+            Some(Frame::Response(_)) => {}
+            None => {
+                let n = stream.read(&mut chunk).unwrap();
+                assert!(n > 0, "nsqd closed the connection after {} messages", seen.len());
+                buf.extend_from_slice(&chunk[..n]);
+            }
+        }
+    }
+    seen
 }
