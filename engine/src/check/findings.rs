@@ -352,6 +352,13 @@ fn verify_checkpoints(out: &mut Out<'_>, topic: &TopicSurvey, meta_dir: &std::pa
             );
             out.push(Repairable, K::CheckpointBelowLog, meta_dir, None, message);
         }
+        if channel.stray_deferred > 0 {
+            let message = format!(
+                "channel {name:?}: {} deferred entries outside the messages it has read and not finished; repair removes them",
+                channel.stray_deferred
+            );
+            out.push(Repairable, K::DeferredOutsideRange, meta_dir, None, message);
+        }
         if channel.damaged_deferred > 0 {
             let message = format!(
                 "channel {name:?}: {} damaged deferred entries; repair removes them (the messages are due at once)",

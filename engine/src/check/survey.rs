@@ -150,6 +150,9 @@ pub struct ChannelSurvey {
     /// Deferred entries, and those whose value is damaged.
     pub deferred: u64,
     pub damaged_deferred: u64,
+    /// Deferred entries outside the range the checkpoint has read and not finished: the engine
+    /// ignores them.
+    pub stray_deferred: u64,
     /// Messages not finished: from the floor to the end of the log, less the finished ones.
     pub depth: u64,
     /// Read but neither finished nor deferred at the checkpoint: in flight when the process
@@ -443,6 +446,7 @@ fn add_meta(topic: &mut TopicSurvey, meta: &MetaSurvey) {
             record: record.clone(),
             deferred: deferred.map_or(0, |d| d.entries.len() as u64),
             damaged_deferred: deferred.map_or(0, |d| d.damaged.len() as u64),
+            stray_deferred: 0,
             depth: 0,
             in_flight_at_crash: 0,
             backlog: 0,
@@ -450,8 +454,9 @@ fn add_meta(topic: &mut TopicSurvey, meta: &MetaSurvey) {
         };
         if let Ok(record) = record {
             let end = topic.next_offset;
-            let floor = record.floor.max(topic.oldest_offset).min(end);
-            let next_read = record.next_read.clamp(floor, end);
+            // As repair fits them (and the engine, restoring them): see `repair::plan_checkpoints`.
+            let next_read = record.next_read.clamp(topic.oldest_offset.min(end), end);
+            let floor = record.floor.max(topic.oldest_offset).min(next_read);
             let finished = |upto: u64| -> u64 {
                 record.finished.iter().map(|&(s, e)| e.min(upto).saturating_sub(s.max(floor))).sum()
             };
@@ -461,6 +466,10 @@ fn add_meta(topic: &mut TopicSurvey, meta: &MetaSurvey) {
                 .saturating_sub(finished(next_read))
                 .saturating_sub(deferred_read as u64);
             survey.backlog = end - next_read;
+            survey.stray_deferred = deferred.map_or(0, |d| {
+                let outside = |o: &&u64| **o < floor || **o >= next_read;
+                d.entries.keys().filter(outside).count() as u64
+            });
         }
         topic.channels.push(survey);
     }
