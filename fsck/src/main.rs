@@ -10,7 +10,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod check;
+mod diskqueue;
 mod dump;
+mod import_nsq;
 mod progress;
 mod replay;
 
@@ -38,6 +40,9 @@ enum Command {
     Dump(dump::DumpArgs),
     /// Recreates the metadata store from the catalogs beside the topic logs.
     RebuildMeta(check::RebuildArgs),
+    /// Imports Go nsqd's topics, channels and pending messages (nsqd.dat and diskqueues). Exit
+    /// code 0: all imported, 1: imported with losses, 2: a topic not imported.
+    ImportNsq(import_nsq::ImportArgs),
     /// Republishes a topic's archived (and live) messages, filtered by offset and time, to an
     /// nsqd or into a data directory. Exit code 0: clean, 1: damage met and skipped.
     Replay(replay::ReplayArgs),
@@ -60,6 +65,7 @@ fn main() -> ExitCode {
         Command::Repair(args) => check::repair(args),
         Command::Dump(args) => dump::run(args),
         Command::RebuildMeta(args) => check::rebuild(args),
+        Command::ImportNsq(args) => import_nsq::run(args),
         Command::Replay(args) => replay::run(args),
     };
     match result {
