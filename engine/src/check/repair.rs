@@ -347,7 +347,7 @@ fn plan_checkpoints(survey: &Survey, topic: &TopicSurvey, actions: &mut Vec<Repa
             fixed.finished = record
                 .finished
                 .iter()
-                .map(|&(s, e)| (s.max(floor), e.min(next_read)))
+                .map(|&(s, e)| (s.max(floor), e.min(end)))
                 .filter(|(s, e)| s < e)
                 .collect();
             fixed.attempts.retain(|&(o, _)| o >= floor && o < next_read);

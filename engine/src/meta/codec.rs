@@ -41,7 +41,8 @@ pub struct ChannelRecord {
     pub floor: u64,
     /// Offsets below this were read from the log: each is finished, deferred, or due again.
     pub next_read: u64,
-    /// Finished ranges `[start, end)` above the floor.
+    /// Finished ranges `[start, end)` above the floor; past `next_read` too, for messages
+    /// dropped unread (`/topic/empty` on a paused topic).
     pub finished: Vec<(u64, u64)>,
     /// Delivery attempts of unfinished messages (deferred ones keep theirs in the deferred tree).
     pub attempts: Vec<(u64, u16)>,

@@ -170,7 +170,7 @@ impl ChannelState {
         state.paused = record.paused;
         state.finished = record.finished.iter().map(|&(start, end)| start..end).collect();
         state.finished.remove_below(floor);
-        state.finished.remove_from(next_read);
+        state.finished.remove_from(stats.next_offset);
         for (offset, entry) in deferred {
             if offset >= floor && offset < next_read && !state.finished.contains(offset) {
                 state.deferred.insert(offset, entry.due_ns);
@@ -543,11 +543,13 @@ impl ChannelState {
     pub(crate) fn snapshot(&mut self, synced: u64) -> Snapshot {
         let next_read = self.next_read.min(synced);
         let floor = self.floor.min(next_read);
+        // Finished ranges past `next_read` (dropped by `/topic/empty` on a paused topic) are
+        // kept too, up to what is synced: a record a crash could take back must not be marked.
         let finished = self
             .finished
             .iter()
-            .filter(|r| r.start < next_read)
-            .map(|r| (r.start, r.end.min(next_read)))
+            .filter(|r| r.start < synced)
+            .map(|r| (r.start, r.end.min(synced)))
             .collect();
         let mut attempts: Vec<(u64, u16)> = self
             .attempts
