@@ -138,6 +138,9 @@ pub(crate) fn rebuild(args: RebuildArgs) -> anyhow::Result<ExitCode> {
             channels.len()
         );
     }
+    for topic in &report.importing {
+        println!("topic {topic}: left out, an import of it stopped midway (run import-nsq again)");
+    }
     for topic in &report.without_catalog {
         println!("topic {topic}: no catalog, its messages wait for its first channel");
     }

@@ -27,6 +27,8 @@ pub struct RebuildReport {
     /// Topic directories without a readable catalog: written with no channel (their messages
     /// wait for the first one).
     pub without_catalog: Vec<String>,
+    /// Topic directories of an unfinished `import-nsq`: left out (run the import again).
+    pub importing: Vec<String>,
 }
 
 /// Rebuilds the store of `data_dir` from its catalogs. Refuses a directory a running process
@@ -69,6 +71,14 @@ pub(crate) fn rebuild_in_place(found: &Survey) -> Result<RebuildReport, EngineEr
     {
         let store = MetaStore::open_sled(&building)?;
         for topic in &found.topics {
+            let importing = topic.other_files.iter().any(|path| {
+                path.file_name().is_some_and(|n| n == crate::import::IMPORT_MARKER_FILE_NAME)
+            });
+            if importing {
+                // An import that stopped midway: running it again finishes or removes it.
+                report.importing.push(topic.name.clone());
+                continue;
+            }
             if !topic.dir_exists {
                 continue;
             }
