@@ -22,8 +22,8 @@
 pub mod archive;
 pub mod catalog;
 pub mod changes;
-pub mod check;
 pub mod channel;
+pub mod check;
 pub mod clock;
 pub mod config;
 mod engine;
