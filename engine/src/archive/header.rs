@@ -1,7 +1,7 @@
 //! The 64-byte archive header (FORMAT.md §8).
 
 use super::ARCHIVE_MAX_SEGMENT_BYTES;
-use crate::format::{SegmentHeader, checksum};
+use crate::format::{SegmentHeader, checksum, read_u16, read_u32, read_u64};
 
 /// The archive format version this code writes, and the newest it reads.
 pub const ARCHIVE_FORMAT_VERSION: u16 = 1;
@@ -136,22 +136,6 @@ impl ArchiveHeader {
         }
         Ok(())
     }
-}
-
-fn read_u16(bytes: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([bytes[at], bytes[at + 1]])
-}
-
-fn read_u32(bytes: &[u8], at: usize) -> u32 {
-    let mut raw = [0u8; 4];
-    raw.copy_from_slice(&bytes[at..at + 4]);
-    u32::from_le_bytes(raw)
-}
-
-fn read_u64(bytes: &[u8], at: usize) -> u64 {
-    let mut raw = [0u8; 8];
-    raw.copy_from_slice(&bytes[at..at + 8]);
-    u64::from_le_bytes(raw)
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! The 32-byte segment header (FORMAT.md §2).
 
-use super::{FORMAT_VERSION, checksum, read_u32, read_u64};
+use super::{FORMAT_VERSION, checksum, read_u16, read_u32, read_u64};
 
 const MAGIC_AT: usize = 0;
 const MAGIC_LEN: usize = 8;
@@ -67,11 +67,11 @@ impl SegmentHeader {
         if read_u32(bytes, HEADER_CRC_AT) != checksum(&bytes[..HEADER_CRC_AT]) {
             return Err(HeaderError::Checksum);
         }
-        let version = u16::from_le_bytes([bytes[VERSION_AT], bytes[VERSION_AT + 1]]);
+        let version = read_u16(bytes, VERSION_AT);
         if version != FORMAT_VERSION {
             return Err(HeaderError::Version(version));
         }
-        let header_len = u16::from_le_bytes([bytes[HEADER_LEN_AT], bytes[HEADER_LEN_AT + 1]]);
+        let header_len = read_u16(bytes, HEADER_LEN_AT);
         if usize::from(header_len) != Self::LEN {
             return Err(HeaderError::Length(header_len));
         }
