@@ -8,7 +8,9 @@ use std::sync::Arc;
 use super::findings::{Finding, Severity, verify};
 use super::manifest::{Manifest, ManifestEntry};
 use super::rebuild::rebuild_in_place;
-use super::survey::{DamageKind, MetaSurvey, ScanProgress, Survey, TopicSurvey, survey};
+use super::survey::{
+    DamageKind, MetaSurvey, ScanProgress, Survey, TopicSurvey, fit_cursor, survey,
+};
 use crate::META_DIR_NAME;
 use crate::catalog::Catalog;
 use crate::error::EngineError;
@@ -338,8 +340,7 @@ fn plan_checkpoints(survey: &Survey, topic: &TopicSurvey, actions: &mut Vec<Repa
             }
             Ok(record) => record,
         };
-        let next_read = record.next_read.clamp(oldest.min(end), end);
-        let floor = record.floor.max(oldest).min(next_read);
+        let (floor, next_read) = fit_cursor(record, oldest, end);
         if next_read != record.next_read || floor != record.floor {
             let mut fixed = record.clone();
             fixed.floor = floor;

@@ -454,9 +454,7 @@ fn add_meta(topic: &mut TopicSurvey, meta: &MetaSurvey) {
         };
         if let Ok(record) = record {
             let end = topic.next_offset;
-            // As repair fits them (and the engine, restoring them): see `repair::plan_checkpoints`.
-            let next_read = record.next_read.clamp(topic.oldest_offset.min(end), end);
-            let floor = record.floor.max(topic.oldest_offset).min(next_read);
+            let (floor, next_read) = fit_cursor(record, topic.oldest_offset, end);
             let finished = |upto: u64| -> u64 {
                 record.finished.iter().map(|&(s, e)| e.min(upto).saturating_sub(s.max(floor))).sum()
             };
@@ -473,4 +471,12 @@ fn add_meta(topic: &mut TopicSurvey, meta: &MetaSurvey) {
         }
         topic.channels.push(survey);
     }
+}
+
+/// A channel's `(floor, next_read)` fitted to a log holding offsets `oldest..end`, as repair
+/// writes them and the engine restores them: nothing read past the end, nothing finished below
+/// the oldest record, the floor never above the cursor.
+pub(crate) fn fit_cursor(record: &ChannelRecord, oldest: u64, end: u64) -> (u64, u64) {
+    let next_read = record.next_read.clamp(oldest.min(end), end);
+    (record.floor.max(oldest).min(next_read), next_read)
 }
