@@ -5,8 +5,10 @@
 //! stop accepting, close every client connection (their in-flight messages go back to their
 //! channels), stop HTTP, then close the engine, which writes what is queued and checkpoints.
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::ops::Range;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -15,12 +17,48 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use anyhow::Context as _;
+
 use crate::auth::AuthServers;
 use crate::clients::Clients;
+use crate::daemon::{self, Signals};
 use crate::logging::LogControl;
 use crate::lookup::Lookup;
 use crate::options::{Options, TlsRequired};
 use crate::serving::{SHUTDOWN_GRACE, bind, drain};
+
+/// The nsqd program, given its command line (program name first): options, logging, the engine
+/// on the data directory, the listeners, and a clean shutdown on SIGINT or SIGTERM (stop
+/// accepting, close connections, write what is queued, checkpoint, exit 0). The `nsqd` binary is
+/// this function; test harnesses that must kill a real nsqd process run it as their child.
+pub fn main<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString>,
+{
+    let parsed = Options::parse_args(args);
+    daemon::main("nsqd", parsed, |options| &options.daemon, run)
+}
+
+async fn run(options: Options, log: LogControl, signals: Signals) -> anyhow::Result<()> {
+    let data_path = options.data_path.clone();
+    let config = options.engine_config();
+    let prepared = Nsqd::prepare(options)?;
+    let (engine, report) = tokio::task::spawn_blocking({
+        let data_path = data_path.clone();
+        move || Engine::open(&data_path, config)
+    })
+    .await?
+    .with_context(|| format!("failed to open data directory {}", data_path.display()))?;
+    for (topic, recovery) in &report.topics {
+        tracing::info!(topic = %topic, "recovered: {recovery:?}");
+    }
+    engine.start_background().context("starting the engine")?;
+    let engine = Arc::new(engine);
+    let running = prepared.start(engine, log).await?;
+    signals.wait().await;
+    running.shutdown().await
+}
 
 /// What every connection and request handler shares.
 #[derive(Debug)]
