@@ -1,26 +1,52 @@
 //! The meta store in memory, for tests: it keeps what was applied and what was flushed apart, and
-//! a crash forgets everything applied since the last flush.
+//! a crash forgets everything applied since the last flush, or, as sled may, keeps a prefix of the
+//! batches applied since ([`MemoryMeta::crash_keeping`]: each batch is atomic, later ones are lost
+//! first).
 
 use std::collections::BTreeMap;
 use std::io;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::{Change, EntryVisitor, KvBackend, MetaError, Tree};
 
 type Trees = BTreeMap<Tree, BTreeMap<Vec<u8>, Vec<u8>>>;
 
+/// Called before every apply and flush; an error fails that call. Crash-state enumeration counts
+/// meta writes in the same sequence as file operations with it
+/// ([`crate::storage::SimStorage::external_op`]).
+pub type IoHook = Arc<dyn Fn() -> io::Result<()> + Send + Sync>;
+
 /// An in-memory meta store whose flushed state survives [`MemoryMeta::crash`].
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct MemoryMeta {
     state: Mutex<State>,
+    hook: Mutex<Option<IoHook>>,
 }
 
-#[derive(Debug, Default)]
+impl std::fmt::Debug for MemoryMeta {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryMeta").field("state", &self.state).finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Default, Clone)]
 struct State {
     live: Trees,
     flushed: Trees,
+    /// Batches applied since the last flush, in order.
+    pending: Vec<(Tree, Vec<Change>)>,
     flushes: u64,
     applies: u64,
+}
+
+fn apply_batch(trees: &mut Trees, tree: Tree, changes: &[Change]) {
+    let entries = trees.entry(tree).or_default();
+    for (key, value) in changes {
+        match value {
+            Some(value) => entries.insert(key.clone(), value.clone()),
+            None => entries.remove(key),
+        };
+    }
 }
 
 impl MemoryMeta {
@@ -30,8 +56,42 @@ impl MemoryMeta {
 
     /// Forgets every change since the last flush, as a crash would.
     pub fn crash(&self) {
+        self.crash_keeping(0);
+    }
+
+    /// A crash that keeps the first `batches` batches applied since the last flush (sled
+    /// recovers a prefix of its writes) and loses the rest.
+    pub fn crash_keeping(&self, batches: usize) {
         let mut state = self.state();
-        state.live = state.flushed.clone();
+        let state = &mut *state;
+        let mut kept = state.flushed.clone();
+        for (tree, changes) in state.pending.iter().take(batches) {
+            apply_batch(&mut kept, *tree, changes);
+        }
+        state.live = kept.clone();
+        state.flushed = kept;
+        state.pending.clear();
+    }
+
+    /// How many batches were applied since the last flush (what a crash may lose).
+    pub fn pending_batches(&self) -> usize {
+        self.state().pending.len()
+    }
+
+    /// An independent copy of the store's state (no hook): the state one crash point leaves, to
+    /// crash in several ways.
+    pub fn snapshot(&self) -> MemoryMeta {
+        MemoryMeta { state: Mutex::new(self.state().clone()), hook: Mutex::new(None) }
+    }
+
+    /// Installs (or removes) the hook called before every apply and flush.
+    pub fn set_io_hook(&self, hook: Option<IoHook>) {
+        *crate::sync::lock(&self.hook) = hook;
+    }
+
+    fn run_hook(&self) -> io::Result<()> {
+        let hook = crate::sync::lock(&self.hook).clone();
+        hook.map_or(Ok(()), |hook| hook())
     }
 
     /// Flips a bit in the last byte of every value of a tree (`topics`, `channels` or
@@ -101,21 +161,19 @@ impl KvBackend for MemoryMeta {
     }
 
     fn apply(&self, tree: Tree, changes: Vec<Change>) -> io::Result<()> {
+        self.run_hook()?;
         let mut state = self.state();
         state.applies += 1;
-        let entries = state.live.entry(tree).or_default();
-        for (key, value) in changes {
-            match value {
-                Some(value) => entries.insert(key, value),
-                None => entries.remove(&key),
-            };
-        }
+        apply_batch(&mut state.live, tree, &changes);
+        state.pending.push((tree, changes));
         Ok(())
     }
 
     fn flush(&self) -> io::Result<()> {
+        self.run_hook()?;
         let mut state = self.state();
         state.flushed = state.live.clone();
+        state.pending.clear();
         state.flushes += 1;
         Ok(())
     }

@@ -32,7 +32,7 @@ use std::sync::Arc;
 
 pub use audit::{BadKey, DeferredEntries, MetaAudit, MetaTree};
 pub use codec::{ChannelRecord, DeferredRecord, TopicRecord};
-pub use memory::MemoryMeta;
+pub use memory::{IoHook, MemoryMeta};
 
 use crate::names::NAME_MAX_BYTES;
 

@@ -10,6 +10,8 @@
 //!   (which `create_new`, `rename` and `remove_file` do, as the trait requires). A crash restores
 //!   the durable entries.
 //! - Directories themselves are durable once created.
+//! - [`SimStorage::halt_after`] makes every operation after a chosen one fail, as if the process
+//!   died there; [`SimStorage::snapshot`] copies the state it left, to crash in several ways.
 //! - [`SimStorage::fail_nth_op`] fails a chosen future operation with a chosen error,
 //!   [`SimStorage::set_capacity`] makes writes past a total size fail with ENOSPC after writing
 //!   what fits, and [`SimStorage::flip_bit`] damages durable data.
@@ -45,7 +47,7 @@ pub struct SimStorage {
     inner: Arc<Mutex<Inner>>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Inner {
     files: HashMap<u64, FileData>,
     next_file_id: u64,
@@ -58,11 +60,13 @@ struct Inner {
     file_syncs: u64,
     faults: BTreeMap<u64, io::ErrorKind>,
     capacity_bytes: Option<u64>,
+    /// Operations numbered above this fail: the process died after it.
+    halt_after: Option<u64>,
     /// Open handles per file: an unlinked file's data goes when its last handle closes.
     handles: HashMap<u64, usize>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct FileData {
     current: Vec<u8>,
     durable: Vec<u8>,
@@ -100,6 +104,9 @@ impl Inner {
     /// Counts one operation and fails it if a fault was planted for it.
     fn step(&mut self) -> io::Result<()> {
         self.ops += 1;
+        if self.halt_after.is_some_and(|last| self.ops > last) {
+            return Err(io::Error::other("simulated process death: no more operations"));
+        }
         match self.faults.remove(&self.ops) {
             Some(io::ErrorKind::StorageFull) => Err(disk_full()),
             Some(kind) => Err(io::Error::new(kind, "injected fault")),
@@ -227,6 +234,44 @@ impl SimStorage {
         let mut inner = self.lock();
         let at = inner.ops + n;
         inner.faults.insert(at, kind);
+    }
+
+    /// Makes every operation after the `n`-th (counted from the start, see [`SimStorage::ops`])
+    /// fail: the process died right after operation `n`.
+    pub fn halt_after(&self, n: u64) {
+        self.lock().halt_after = Some(n);
+    }
+
+    /// Counts one operation done outside the file system (a meta store write), so that it has its
+    /// place among the file operations; it fails as a file operation would at that point.
+    pub fn external_op(&self) -> io::Result<()> {
+        self.lock().step()
+    }
+
+    /// An independent copy of the file system as it is now, with no open handles, locks, faults
+    /// or halt: the state a crash point leaves, to crash in several ways.
+    pub fn snapshot(&self) -> SimStorage {
+        let mut copy = self.lock().clone();
+        copy.handles.clear();
+        copy.locks.clear();
+        copy.faults.clear();
+        copy.halt_after = None;
+        copy.generation += 1;
+        SimStorage { inner: Arc::new(Mutex::new(copy)) }
+    }
+
+    /// The unsynced operations of every file that a crash would find (by its durable name), by
+    /// path: what [`SimStorage::crash_with`] chooses from.
+    pub fn unsynced_ops(&self) -> Vec<(PathBuf, Vec<UnsyncedOp>)> {
+        let inner = self.lock();
+        inner
+            .durable_names
+            .iter()
+            .filter_map(|(path, id)| {
+                let file = inner.files.get(id)?;
+                (!file.unsynced.is_empty()).then(|| (path.clone(), file.unsynced.clone()))
+            })
+            .collect()
     }
 
     /// Removes all planted faults.
