@@ -4,7 +4,13 @@
 //! ([`server::nsqd::main`]), and [`NsqdProcess`] starts it, or any other nsqd binary, as a child.
 
 pub mod client;
+pub mod http;
+pub mod ledger;
+pub mod payload;
 pub mod process;
+pub mod report;
+pub mod run;
+pub mod workload;
 
 pub use client::Conn;
 pub use process::{Launcher, NsqdProcess};
