@@ -41,6 +41,8 @@ impl Conn {
             match decode_frame(&mut self.buf, MAX_FRAME_BYTES) {
                 Ok(Some(Frame::Response(body))) if body == protocol::HEARTBEAT => {
                     self.send(Command::Nop).await?;
+                    // The frame after the heartbeat may be buffered already.
+                    continue;
                 }
                 Ok(Some(frame)) => return Ok(frame),
                 Ok(None) => {}
