@@ -234,6 +234,13 @@ impl Channel {
         }
     }
 
+    /// Makes the next checkpoint write everything (the store lost what was written before).
+    pub(crate) fn forget_written(&self) {
+        let mut inner = self.inner();
+        inner.last_written = None;
+        inner.queue.mark_all_unwritten();
+    }
+
     /// Drops the unread messages in `range` (the queue of a paused topic being emptied).
     pub(crate) fn skip(&self, range: std::ops::Range<u64>) {
         self.inner().queue.skip(range);

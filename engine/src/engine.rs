@@ -82,6 +82,9 @@ pub(crate) struct EngineInner {
     closing: AtomicBool,
     closed: AtomicBool,
     health: Mutex<Option<String>>,
+    /// The store's generation the store's contents were last written for in full (see
+    /// [`EngineInner::rewrite_meta`]).
+    meta_generation: AtomicU64,
     _lock: DataDirLock,
 }
 
@@ -147,6 +150,7 @@ impl Engine {
             next_uid: AtomicU64::new(1),
             observers: Observers::default(),
         });
+        let meta_generation = AtomicU64::new(meta.generation());
         let inner = Arc::new(EngineInner {
             ctx,
             storage,
@@ -157,6 +161,7 @@ impl Engine {
             closing: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             health: Mutex::new(None),
+            meta_generation,
             _lock: lock,
         });
         let mut report = OpenReport::default();
@@ -446,6 +451,16 @@ impl EngineInner {
     }
 
     fn checkpoint(&self) -> Result<(), EngineError> {
+        // A store that refused writes after an I/O error is reopened here, and whatever it may
+        // have lost is written again before this checkpoint's changes.
+        if let Err(error) = self.meta.recover() {
+            tracing::warn!(%error, "the metadata store is still failing");
+        }
+        let generation = self.meta.generation();
+        if self.meta_generation.load(Ordering::Acquire) != generation {
+            self.rewrite_meta()?;
+            self.meta_generation.store(generation, Ordering::Release);
+        }
         let mut floors = Vec::new();
         let mut first_error = None;
         for topic in self.topics() {
@@ -476,6 +491,24 @@ impl EngineInner {
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// Writes the engine's whole state to a store reopened after an error (changes applied but
+    /// not flushed before the error may be gone): every topic record, every channel's next
+    /// checkpoint in full, and no topic or channel that was deleted. The checkpoint that calls
+    /// this writes the channels and flushes.
+    fn rewrite_meta(&self) -> Result<(), EngineError> {
+        tracing::warn!("metadata store reopened: writing every topic and channel again");
+        let topics = self.topics();
+        for (name, _) in self.meta.topics()? {
+            if !topics.iter().any(|t| t.name() == name) {
+                self.meta.remove_topic(&name)?;
+            }
+        }
+        for topic in &topics {
+            topic.rewrite_meta()?;
+        }
+        Ok(())
     }
 
     fn fire_timers(&self) -> Option<i64> {

@@ -514,6 +514,27 @@ impl Topic {
         }
     }
 
+    /// For a store reopened after an error: writes the topic record again, removes channels
+    /// the store still has and the topic does not, and makes every channel's next checkpoint a
+    /// full one.
+    pub(crate) fn rewrite_meta(&self) -> Result<(), EngineError> {
+        let Some(meta) = &self.meta else {
+            return Ok(());
+        };
+        let channels = self.channels();
+        for (name, _) in meta.channels(self.name())? {
+            if !channels.iter().any(|c| c.name() == name) {
+                meta.remove_channel(self.name(), &name)?;
+            }
+        }
+        for channel in &channels {
+            channel.forget_written();
+        }
+        let state = lock(&self.state).clone();
+        meta.put_topic(self.name(), &state)?;
+        Ok(())
+    }
+
     fn persist_topic(&self, state: &TopicRecord) -> Result<(), EngineError> {
         if let Some(meta) = &self.meta {
             meta.put_topic(self.name(), state)?;

@@ -35,6 +35,9 @@ struct State {
     flushed: Trees,
     /// Batches applied since the last flush, in order.
     pending: Vec<(Tree, Vec<Change>)>,
+    /// A write failed: as sled does, refuse everything until reopened (which loses `pending`).
+    failed: bool,
+    generation: u64,
     flushes: u64,
     applies: u64,
 }
@@ -71,6 +74,7 @@ impl MemoryMeta {
         state.live = kept.clone();
         state.flushed = kept;
         state.pending.clear();
+        state.failed = false;
     }
 
     /// How many batches were applied since the last flush (what a crash may lose).
@@ -89,9 +93,23 @@ impl MemoryMeta {
         *crate::sync::lock(&self.hook) = hook;
     }
 
-    fn run_hook(&self) -> io::Result<()> {
+    /// Runs the hook before a write: its error fails the write and, as in sled, every later one
+    /// until the store is reopened; a failed store is reopened first, losing what was applied
+    /// and not flushed.
+    fn before_write(&self) -> io::Result<()> {
         let hook = crate::sync::lock(&self.hook).clone();
-        hook.map_or(Ok(()), |hook| hook())
+        if let Err(error) = hook.map_or(Ok(()), |hook| hook()) {
+            self.state().failed = true;
+            return Err(error);
+        }
+        let mut state = self.state();
+        if state.failed {
+            state.live = state.flushed.clone();
+            state.pending.clear();
+            state.failed = false;
+            state.generation += 1;
+        }
+        Ok(())
     }
 
     /// Flips a bit in the last byte of every value of a tree (`topics`, `channels` or
@@ -161,7 +179,7 @@ impl KvBackend for MemoryMeta {
     }
 
     fn apply(&self, tree: Tree, changes: Vec<Change>) -> io::Result<()> {
-        self.run_hook()?;
+        self.before_write()?;
         let mut state = self.state();
         state.applies += 1;
         apply_batch(&mut state.live, tree, &changes);
@@ -170,11 +188,19 @@ impl KvBackend for MemoryMeta {
     }
 
     fn flush(&self) -> io::Result<()> {
-        self.run_hook()?;
+        self.before_write()?;
         let mut state = self.state();
         state.flushed = state.live.clone();
         state.pending.clear();
         state.flushes += 1;
         Ok(())
+    }
+
+    fn recover(&self) -> io::Result<()> {
+        if self.state().failed { self.before_write() } else { Ok(()) }
+    }
+
+    fn generation(&self) -> u64 {
+        self.state().generation
     }
 }

@@ -78,20 +78,36 @@ pub(crate) trait KvBackend: Send + Sync + Debug {
     fn apply(&self, tree: Tree, changes: Vec<Change>) -> io::Result<()>;
     /// Makes every change applied so far durable.
     fn flush(&self) -> io::Result<()>;
+    /// Reopens the store if a write failed in a way that refuses every later one (sled after an
+    /// I/O error); a no-op otherwise.
+    fn recover(&self) -> io::Result<()> {
+        Ok(())
+    }
+    /// How many times the store was reopened: when it moves, changes applied before and not
+    /// flushed may be gone, and the owner writes its state again.
+    fn generation(&self) -> u64 {
+        0
+    }
 }
 
 /// What went wrong with the metadata store.
 #[derive(Debug, thiserror::Error)]
 pub enum MetaError {
-    #[error(
-        "cannot open the metadata store {path}: {source}. The messages are safe in the topic \
-         logs; `nsq-fsck rebuild-meta` recreates the store from the catalogs beside them"
-    )]
+    #[error("cannot open the metadata store {path}: {source}. {}", open_advice(.source))]
     Open { path: PathBuf, source: io::Error },
     #[error("metadata store: {op} failed: {source}")]
     Io { op: &'static str, source: io::Error },
     #[error("metadata store: damaged value for key {key:?} in tree {tree}: {reason}")]
     Corrupt { tree: &'static str, key: String, reason: String },
+}
+
+fn open_advice(source: &io::Error) -> &'static str {
+    if crate::storage::is_disk_full(source) {
+        "The disk is full: free space on it and start again"
+    } else {
+        "The messages are safe in the topic logs; `nsq-fsck rebuild-meta` recreates the store \
+         from the catalogs beside them"
+    }
 }
 
 impl MetaError {
@@ -238,6 +254,18 @@ impl MetaStore {
     /// Makes every change so far durable.
     pub fn flush(&self) -> Result<(), MetaError> {
         self.backend.flush().map_err(|e| MetaError::io("flush", e))
+    }
+
+    /// Reopens the store if an I/O error left it refusing writes (sled keeps its first I/O error
+    /// until reopened). Writes and flushes try this themselves; a checkpoint tries it first.
+    pub fn recover(&self) -> Result<(), MetaError> {
+        self.backend.recover().map_err(|e| MetaError::io("reopen", e))
+    }
+
+    /// Moves when the store was reopened after an error: changes applied but not flushed before
+    /// it may be gone, so the engine writes its whole state again.
+    pub fn generation(&self) -> u64 {
+        self.backend.generation()
     }
 
     fn remove_deferred(&self, prefix: &[u8]) -> Result<(), MetaError> {

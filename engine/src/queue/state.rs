@@ -575,6 +575,14 @@ impl ChannelState {
         Snapshot { record, clear_deferred, deferred }
     }
 
+    /// Makes the next snapshot carry every deferred entry, after clearing the stored ones.
+    pub(crate) fn mark_all_unwritten(&mut self) {
+        self.deferred_cleared = true;
+        for &offset in self.deferred.keys() {
+            self.deferred_dirty.insert(offset, ());
+        }
+    }
+
     /// Undoes the bookkeeping of a snapshot whose write failed, so the next one carries it.
     pub(crate) fn snapshot_failed(&mut self, snapshot: &Snapshot) {
         self.deferred_cleared |= snapshot.clear_deferred;
