@@ -4,6 +4,8 @@
 //! ([`server::nsqd::main`]), and [`NsqdProcess`] starts it, or any other nsqd binary, as a child.
 
 pub mod client;
+pub mod diskfull;
+pub mod hostile;
 pub mod http;
 pub mod ledger;
 pub mod payload;
