@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{EPHEMERAL_BYTES_PER_FILE, EngineConfig};
 use crate::error::EngineError;
+use crate::health::Health;
 use crate::lock::DataDirLock;
 use crate::log::{LogConfig, RecoveryReport, SegmentArchiver, SyncPolicy, TopicLog};
 use crate::meta::{MetaStore, TopicRecord};
@@ -59,6 +60,7 @@ pub(crate) struct Context {
     pub(crate) timers: Timers,
     pub(crate) next_uid: AtomicU64,
     pub(crate) observers: Observers,
+    pub(crate) health: Health,
 }
 
 /// What opening found.
@@ -81,7 +83,6 @@ pub(crate) struct EngineInner {
     topic_changes: Mutex<()>,
     closing: AtomicBool,
     closed: AtomicBool,
-    health: Mutex<Option<String>>,
     /// The store's generation the store's contents were last written for in full (see
     /// [`EngineInner::rewrite_meta`]).
     meta_generation: AtomicU64,
@@ -149,6 +150,7 @@ impl Engine {
             timers: Timers::default(),
             next_uid: AtomicU64::new(1),
             observers: Observers::default(),
+            health: Health::default(),
         });
         let meta_generation = AtomicU64::new(meta.generation());
         let inner = Arc::new(EngineInner {
@@ -160,7 +162,6 @@ impl Engine {
             topic_changes: Mutex::new(()),
             closing: AtomicBool::new(false),
             closed: AtomicBool::new(false),
-            health: Mutex::new(None),
             meta_generation,
             _lock: lock,
         });
@@ -234,7 +235,7 @@ impl Engine {
 
     /// `None` when healthy; otherwise the last background write error (NSQ's `/ping` reports it).
     pub fn health(&self) -> Option<String> {
-        lock(&self.inner.health).clone()
+        self.inner.ctx.health.get()
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -478,7 +479,9 @@ impl EngineInner {
                 }
             }
         }
-        self.meta.flush()?;
+        let flushed = self.meta.flush().map_err(EngineError::from);
+        self.ctx.health.record(&flushed);
+        flushed?;
         // The floors are durable now: what lies below them is no channel's any more. Ephemeral
         // topics have no floor here, so they are never archived.
         for (topic, floor) in floors {
@@ -522,15 +525,18 @@ impl EngineInner {
     fn flush(&self) -> Result<(), EngineError> {
         let mut result = Ok(());
         for topic in self.topics() {
-            let outcome = topic.write_queued().and_then(|()| Ok(topic.log().sync_if_due()?));
-            if let Err(error) = outcome {
-                tracing::error!(topic = %topic.name(), %error, "background write failed");
-                *lock(&self.health) = Some(error.to_string());
-                result = Err(error);
+            let outcome =
+                topic.write_queued().and_then(|written| Ok(topic.log().sync_if_due()? || written));
+            match outcome {
+                // A write, or an fsync, succeeded.
+                Ok(true) => self.ctx.health.record(&Ok::<(), EngineError>(())),
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::error!(topic = %topic.name(), %error, "background write failed");
+                    self.ctx.health.failed(&error);
+                    result = Err(error);
+                }
             }
-        }
-        if result.is_ok() {
-            *lock(&self.health) = None;
         }
         result
     }

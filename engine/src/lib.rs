@@ -29,6 +29,7 @@ pub mod config;
 mod engine;
 pub mod error;
 pub mod format;
+mod health;
 pub mod import;
 mod latency;
 pub mod lock;

@@ -195,10 +195,10 @@ impl Topic {
                     self.ctx.timers.wakeup.wake();
                     (range, false)
                 }
-                None => (log.append(&records)?, true),
+                None => (self.append(&records)?, true),
             }
         } else {
-            (log.append(&records)?, true)
+            (self.append(&records)?, true)
         };
         self.message_count.fetch_add(count, Ordering::Relaxed);
         let bytes: usize = bodies.iter().map(|b| b.len()).sum();
@@ -207,6 +207,13 @@ impl Topic {
             self.notify_channels();
         }
         Ok(range)
+    }
+
+    /// Writes to the log now; its outcome is the engine's health (NSQ's `SetHealth`).
+    fn append(&self, records: &[NewRecord<'_>]) -> Result<Range<u64>, EngineError> {
+        let outcome = self.core.log.append(records).map_err(EngineError::from);
+        self.ctx.health.record(&outcome);
+        outcome
     }
 
     fn ephemeral_bound(&self) -> u64 {
@@ -228,12 +235,14 @@ impl Topic {
         }
     }
 
-    /// Writes records queued by the memory queue, then wakes the channels.
-    pub(crate) fn write_queued(&self) -> Result<(), EngineError> {
-        if self.core.log.write_queued()? {
+    /// Writes records queued by the memory queue, then wakes the channels. Returns whether
+    /// there were any.
+    pub(crate) fn write_queued(&self) -> Result<bool, EngineError> {
+        let written = self.core.log.write_queued()?;
+        if written {
             self.notify_channels();
         }
-        Ok(())
+        Ok(written)
     }
 
     pub(crate) fn notify_channels(&self) {

@@ -452,3 +452,27 @@ fn a_store_that_failed_a_write_is_reopened_and_given_the_whole_state_again() {
         assert_eq!(texts(&take_all(&c)), ["later"], "fail at write {fail_at}");
     }
 }
+
+#[test]
+fn health_is_the_outcome_of_the_last_write_as_in_nsq() {
+    // Goal: NSQ's `SetHealth` after each write: a publish that fails on a full disk makes the
+    // engine unhealthy (nsqd's /ping says NOK), the next write that succeeds makes it healthy.
+    // Method: publish, fill the simulated disk, publish again, free space, publish.
+    let h = Harness::new();
+    let engine = h.open();
+    let topic = engine.topic("t").unwrap();
+    publish(&topic, &["fits"]);
+    assert_eq!(engine.health(), None);
+    let used: u64 =
+        h.storage.file_paths().iter().map(|p| h.storage.contents(p).unwrap().len() as u64).sum();
+    h.storage.set_capacity(Some(used));
+    assert!(topic.publish(&[b"does not fit"], Duration::ZERO).is_err());
+    let health = engine.health().expect("unhealthy after a failed write");
+    assert!(health.contains("disk full"), "{health}");
+    // A refusal that is not about the disk changes nothing.
+    assert!(topic.publish(&[b"x"], Duration::from_secs(365 * 24 * 3600)).is_err());
+    assert!(engine.health().is_some());
+    h.storage.set_capacity(None);
+    publish(&topic, &["fits again"]);
+    assert_eq!(engine.health(), None);
+}

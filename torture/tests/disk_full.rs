@@ -258,8 +258,10 @@ async fn check_while_full(nsqd: &mut NsqdProcess, data: &Path, ledger: &mut Ledg
     let path = format!("/mpub?topic={TOPIC}&binary=true");
     let response = http(http_addr, "POST", &path, &binary_mpub(&[&body])).await.unwrap();
     assert_http_internal_error(&response, "/mpub while full");
+    // NSQ's health is the outcome of the last write: /ping says NOK with the error.
     let ping = http(http_addr, "GET", "/ping", b"").await.unwrap();
-    eprintln!("/ping while full: {} {:?}", ping.status, ping.text());
+    assert_eq!(ping.status, 500, "/ping while full: {:?}", ping.text());
+    assert!(ping.text().starts_with("NOK - "), "/ping while full: {:?}", ping.text());
 
     // New metadata: a topic needs a segment file, a channel its catalog file (and both sled).
     let mut conn = open(nsqd).await;
@@ -498,6 +500,8 @@ async fn disk_full_fails_publishes_cleanly_and_recovers_without_restart() {
     std::fs::remove_file(&filler).unwrap();
     let attempts = publish_after_freeing(&nsqd, &mut ledger, "after freeing space").await;
     eprintln!("publishing resumed at attempt {attempts} after space was freed");
+    let ping = http(nsqd.http(), "GET", "/ping", b"").await.unwrap();
+    assert_eq!((ping.status, ping.text()), (200, "OK".to_owned()), "/ping after a good write");
 
     // 3. Full again, SIGKILL, restart on the full disk.
     fill_the_rest(&filler);
