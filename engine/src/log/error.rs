@@ -28,6 +28,10 @@ pub enum LogError {
     BatchTooLarge { len: usize, limit_records: usize },
     #[error("log {} is closed", dir.display())]
     Closed { dir: PathBuf },
+    /// The batch would take offsets past `u64::MAX` (a log whose segment names reach the end of
+    /// the offset space). Nothing of the batch was kept.
+    #[error("log {} has no offsets left for {len} more records", dir.display())]
+    OffsetsExhausted { dir: PathBuf, len: usize },
     #[error("invalid log configuration: {0}")]
     InvalidConfig(String),
     /// Another process owns the data directory.

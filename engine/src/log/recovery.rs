@@ -1,6 +1,10 @@
 //! Opening a log, and recovering it after a crash (FORMAT.md §5).
 //!
 //! Rules, in the order they apply:
+//! 0. The directory is fsynced first: an entry a failed directory fsync left undecided (a segment
+//!    whose removal, undoing a failed write, was not made durable) is settled as the listing
+//!    shows it before anything is written, so a later crash cannot bring it back in front of
+//!    records written past its name.
 //! 1. Files whose names are not segment names are ignored and reported.
 //! 2. No segment: a new one is created at offset 0.
 //! 3. Older segments are not read: they were fsynced whole before the next one was created.
@@ -86,6 +90,7 @@ pub(super) fn open(
 ) -> Result<(Shared, RecoveryReport), LogError> {
     validate(&config)?;
     storage.create_dir_all(&dir).map_err(|e| LogError::io("create directory", &dir, e))?;
+    storage.sync_dir(&dir).map_err(|e| LogError::io("fsync directory", &dir, e))?;
     let mut report = RecoveryReport { dir: dir.clone(), ..Default::default() };
     let mut firsts = Vec::new();
     for name in storage.list_dir(&dir).map_err(|e| LogError::io("list", &dir, e))? {
