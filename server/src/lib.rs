@@ -7,7 +7,7 @@
 //! - [`options`]: the command line and config file, with NSQ's names and defaults.
 //! - [`nsqd`]: the daemon: listeners, shared state, shutdown.
 //! - `serving`: the TCP accept loop and the drain at shutdown, both daemons'.
-//! - `tcp`: protocol V2 (reader, message pump, commands).
+//! - `tcp`: protocol V2 (reader, message pump, commands); its pure checks are [`v2`].
 //! - `http`: the HTTP API; `stats`: `/stats`; `http_api`: the V1 envelope nsqlookupd shares.
 //! - `tls`: TLS configuration and the HTTPS listener; `auth`: AUTH against auth servers.
 //! - `lookup`: registering with nsqlookupd (`--lookupd-tcp-address`).
@@ -32,3 +32,5 @@ mod tls;
 
 pub use nsqd::{Nsqd, RunningNsqd};
 pub use options::Options;
+/// The checks of protocol V2's commands, without I/O (what the fuzz target `v2_command` drives).
+pub use tcp::parse as v2;

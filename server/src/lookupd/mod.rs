@@ -28,7 +28,10 @@ use tokio_util::sync::CancellationToken;
 pub use clock::Clock;
 pub use options::LookupdOptions;
 use registry::Registry;
-pub use tcp::MAX_IDENTIFY_BODY_BYTES;
+pub use tcp::{
+    LookupRequest, MAX_IDENTIFY_BODY_BYTES, decode_identity, identify_body_len, parse_line,
+    trim_space,
+};
 
 use crate::options::NSQ_VERSION;
 use crate::serving::{SHUTDOWN_GRACE, bind, drain};

@@ -6,6 +6,9 @@
 //! Bounds NSQ does not set: the magic must come within [`MAGIC_TIMEOUT`], a line is at most
 //! [`MAX_LINE_BYTES`] (with its `\n`), and an IDENTIFY body at most [`MAX_IDENTIFY_BODY_BYTES`]
 //! (NSQ allocates whatever size it is sent, and panics on a negative one).
+//!
+//! The checks of a line and of an IDENTIFY body are pure functions ([`parse_line`],
+//! [`identify_body_len`], [`decode_identity`]), which the fuzz target `lookupd_command` drives.
 
 use std::io;
 use std::net::SocketAddr;
@@ -112,11 +115,103 @@ fn valid_name(param: &[u8]) -> Option<&str> {
 }
 
 /// The line without the white space around it, as Go's `strings.TrimSpace` takes it away.
-fn trim_space(line: &[u8]) -> &[u8] {
+pub fn trim_space(line: &[u8]) -> &[u8] {
     match std::str::from_utf8(line) {
         Ok(text) => text.trim().as_bytes(),
         Err(_) => line.trim_ascii(),
     }
+}
+
+/// A command line that passed its checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LookupRequest<'a> {
+    Ping,
+    /// A body follows: its size ([`identify_body_len`]), then the JSON ([`decode_identity`]).
+    Identify,
+    Register {
+        topic: &'a str,
+        channel: Option<&'a str>,
+    },
+    Unregister {
+        topic: &'a str,
+        channel: Option<&'a str>,
+    },
+}
+
+/// Checks a command line (after [`trim_space`]) in NSQ's order; `identified` tells whether the
+/// connection has identified itself already.
+pub fn parse_line(line: &[u8], identified: bool) -> Result<LookupRequest<'_>, ProtocolError> {
+    let params = split_params(line);
+    let command = params.first().copied().unwrap_or_default();
+    let params = params.get(1..).unwrap_or_default();
+    match command {
+        b"PING" => Ok(LookupRequest::Ping),
+        b"IDENTIFY" => {
+            if identified {
+                return Err(ProtocolError::invalid("cannot IDENTIFY again"));
+            }
+            Ok(LookupRequest::Identify)
+        }
+        b"REGISTER" => {
+            let (topic, channel) = registration("REGISTER", params, identified)?;
+            Ok(LookupRequest::Register { topic, channel })
+        }
+        b"UNREGISTER" => {
+            let (topic, channel) = registration("UNREGISTER", params, identified)?;
+            Ok(LookupRequest::Unregister { topic, channel })
+        }
+        other => {
+            let command = String::from_utf8_lossy(other);
+            Err(ProtocolError::invalid(format!("invalid command {command}")))
+        }
+    }
+}
+
+/// REGISTER's and UNREGISTER's checks, in NSQ's order: identified, a topic, valid names.
+fn registration<'a>(
+    command: &str,
+    params: &[&'a [u8]],
+    identified: bool,
+) -> Result<(&'a str, Option<&'a str>), ProtocolError> {
+    if !identified {
+        return Err(ProtocolError::invalid("client must IDENTIFY"));
+    }
+    let Some(&topic) = params.first() else {
+        return Err(ProtocolError::invalid(format!("{command} insufficient number of params")));
+    };
+    let topic = valid_name(topic).ok_or_else(|| {
+        let topic = String::from_utf8_lossy(topic);
+        let text = format!("{command} topic name '{topic}' is not valid");
+        ProtocolError::new(ErrorCode::BadTopic, text)
+    })?;
+    let channel = match params.get(1).copied().unwrap_or_default() {
+        b"" => None,
+        channel => Some(valid_name(channel).ok_or_else(|| {
+            let channel = String::from_utf8_lossy(channel);
+            let text = format!("{command} channel name '{channel}' is not valid");
+            ProtocolError::new(ErrorCode::BadChannel, text)
+        })?),
+    };
+    Ok((topic, channel))
+}
+
+/// The length of an IDENTIFY body from its size field: at most [`MAX_IDENTIFY_BODY_BYTES`].
+pub fn identify_body_len(size: [u8; 4]) -> Result<usize, ProtocolError> {
+    let size = body_size(size);
+    usize::try_from(size)
+        .ok()
+        .filter(|&len| len <= MAX_IDENTIFY_BODY_BYTES)
+        .ok_or_else(|| bad_body(format!("IDENTIFY invalid body size {size}")))
+}
+
+/// The identity of an IDENTIFY body, with the fields nsqlookupd requires.
+pub fn decode_identity(body: &[u8]) -> Result<PeerIdentity, ProtocolError> {
+    let identity: PeerIdentity = serde_json::from_slice(body)
+        .map_err(|_| bad_body("IDENTIFY failed to decode JSON body"))?;
+    if !identity.is_complete() {
+        return Err(bad_body("IDENTIFY missing fields"));
+    }
+    Ok(identity)
 }
 
 impl Client {
@@ -160,27 +255,24 @@ impl Client {
     }
 
     async fn exec(&mut self, line: &[u8]) -> Result<Vec<u8>, ProtocolError> {
-        let params = split_params(line);
-        let command = params.first().copied().unwrap_or_default();
-        let params = params.get(1..).unwrap_or_default();
-        match command {
-            b"PING" => Ok(self.ping()),
-            b"IDENTIFY" => self.identify().await,
-            b"REGISTER" => {
-                let (peer, topic, channel) = self.registration("REGISTER", params)?;
-                self.lookupd.registry.register(&peer, topic, channel);
+        match parse_line(line, self.peer.is_some())? {
+            LookupRequest::Ping => Ok(self.ping()),
+            LookupRequest::Identify => self.identify().await,
+            LookupRequest::Register { topic, channel } => {
+                self.lookupd.registry.register(&self.peer()?, topic, channel);
                 Ok(OK.to_vec())
             }
-            b"UNREGISTER" => {
-                let (peer, topic, channel) = self.registration("UNREGISTER", params)?;
+            LookupRequest::Unregister { topic, channel } => {
+                let peer = self.peer()?;
                 self.lookupd.registry.unregister(&peer, topic, channel);
                 Ok(OK.to_vec())
             }
-            other => {
-                let command = String::from_utf8_lossy(other);
-                Err(ProtocolError::invalid(format!("invalid command {command}")))
-            }
         }
+    }
+
+    /// The identified peer (REGISTER's and UNREGISTER's checks made sure there is one).
+    fn peer(&self) -> Result<Arc<Peer>, ProtocolError> {
+        self.peer.clone().ok_or_else(|| ProtocolError::invalid("client must IDENTIFY"))
     }
 
     fn ping(&self) -> Vec<u8> {
@@ -193,18 +285,11 @@ impl Client {
     }
 
     async fn identify(&mut self) -> Result<Vec<u8>, ProtocolError> {
-        if self.peer.is_some() {
-            return Err(ProtocolError::invalid("cannot IDENTIFY again"));
-        }
         let mut size = [0u8; 4];
         if self.reader.read_exact(&mut size).await.is_err() {
             return Err(bad_body("IDENTIFY failed to read body size"));
         }
-        let size = body_size(size);
-        let Some(len) = usize::try_from(size).ok().filter(|&len| len <= MAX_IDENTIFY_BODY_BYTES)
-        else {
-            return Err(bad_body(format!("IDENTIFY invalid body size {size}")));
-        };
+        let len = identify_body_len(size)?;
         // Grown as the bytes arrive, so a size alone reserves nothing.
         let mut body = Vec::new();
         let limit = u64::try_from(len).unwrap_or(u64::MAX);
@@ -212,11 +297,7 @@ impl Client {
         if read.is_err() || body.len() != len {
             return Err(bad_body("IDENTIFY failed to read body"));
         }
-        let identity: PeerIdentity = serde_json::from_slice(&body)
-            .map_err(|_| bad_body("IDENTIFY failed to decode JSON body"))?;
-        if !identity.is_complete() {
-            return Err(bad_body("IDENTIFY missing fields"));
-        }
+        let identity = decode_identity(&body)?;
         tracing::info!(
             "CLIENT({}): IDENTIFY Address:{} TCP:{} HTTP:{} Version:{}",
             self.remote,
@@ -230,31 +311,51 @@ impl Client {
         // NSQ answers OK when its answer cannot be encoded; ours always can be.
         Ok(serde_json::to_vec(&self.lookupd.info).unwrap_or_else(|_| OK.to_vec()))
     }
+}
 
-    /// REGISTER's and UNREGISTER's checks, in NSQ's order: identified, a topic, valid names.
-    fn registration<'a>(
-        &self,
-        command: &str,
-        params: &[&'a [u8]],
-    ) -> Result<(Arc<Peer>, &'a str, Option<&'a str>), ProtocolError> {
-        let peer =
-            self.peer.clone().ok_or_else(|| ProtocolError::invalid("client must IDENTIFY"))?;
-        let Some(&topic) = params.first() else {
-            return Err(ProtocolError::invalid(format!("{command} insufficient number of params")));
-        };
-        let topic = valid_name(topic).ok_or_else(|| {
-            let topic = String::from_utf8_lossy(topic);
-            let text = format!("{command} topic name '{topic}' is not valid");
-            ProtocolError::new(ErrorCode::BadTopic, text)
-        })?;
-        let channel = match params.get(1).copied().unwrap_or_default() {
-            b"" => None,
-            channel => Some(valid_name(channel).ok_or_else(|| {
-                let channel = String::from_utf8_lossy(channel);
-                let text = format!("{command} channel name '{channel}' is not valid");
-                ProtocolError::new(ErrorCode::BadChannel, text)
-            })?),
-        };
-        Ok((peer, topic, channel))
+#[cfg(test)]
+mod tests {
+    // The wire's sizes are big-endian.
+    #![allow(clippy::big_endian_bytes)]
+    use super::*;
+
+    fn parse(line: &[u8], identified: bool) -> Result<LookupRequest<'_>, String> {
+        parse_line(trim_space(line), identified).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn lines_are_checked_in_nsqs_order() {
+        assert_eq!(parse(b"PING\n", false), Ok(LookupRequest::Ping));
+        assert_eq!(parse(b" IDENTIFY \r\n", false), Ok(LookupRequest::Identify));
+        assert_eq!(parse(b"IDENTIFY", true).unwrap_err(), "E_INVALID cannot IDENTIFY again");
+        assert_eq!(parse(b"REGISTER t", false).unwrap_err(), "E_INVALID client must IDENTIFY");
+        assert_eq!(
+            parse(b"REGISTER", true).unwrap_err(),
+            "E_INVALID REGISTER insufficient number of params"
+        );
+        assert_eq!(
+            parse(b"UNREGISTER t b:d", true).unwrap_err(),
+            "E_BAD_CHANNEL UNREGISTER channel name 'b:d' is not valid"
+        );
+        let register = LookupRequest::Register { topic: "t", channel: Some("c") };
+        assert_eq!(parse(b"REGISTER t c", true), Ok(register));
+        let unregister = LookupRequest::Unregister { topic: "t", channel: None };
+        assert_eq!(parse(b"UNREGISTER t", true), Ok(unregister));
+        assert_eq!(parse(b"NOPE", true).unwrap_err(), "E_INVALID invalid command NOPE");
+    }
+
+    #[test]
+    fn identify_bodies_are_bounded_and_need_the_required_fields() {
+        assert_eq!(identify_body_len(7i32.to_be_bytes()), Ok(7));
+        let negative = identify_body_len((-1i32).to_be_bytes()).unwrap_err();
+        assert_eq!(negative.to_string(), "E_BAD_BODY IDENTIFY invalid body size -1");
+        let max = i32::try_from(MAX_IDENTIFY_BODY_BYTES + 1).unwrap();
+        assert!(identify_body_len(max.to_be_bytes()).is_err());
+        let body = br#"{"broadcast_address":"h","tcp_port":4150,"http_port":4151,"version":"1"}"#;
+        assert_eq!(decode_identity(body).unwrap().tcp_port, 4150);
+        let missing = decode_identity(br#"{"tcp_port":4150}"#).unwrap_err();
+        assert_eq!(missing.to_string(), "E_BAD_BODY IDENTIFY missing fields");
+        let garbage = decode_identity(b"{").unwrap_err();
+        assert_eq!(garbage.to_string(), "E_BAD_BODY IDENTIFY failed to decode JSON body");
     }
 }

@@ -1,22 +1,26 @@
-//! The V2 commands, one handler each, checking state, parameters and body in nsqd's order
-//! (which error a client sees first is part of the protocol) with nsqd's error texts. Each
-//! handler then makes one engine call.
+//! The V2 commands, one handler each. The checks of state, parameters and body, in nsqd's order
+//! (which error a client sees first is part of the protocol) with nsqd's error texts, are the
+//! pure functions of [`super::parse`]; each handler reads what they allow, then makes one
+//! engine call.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use engine::{EngineError, MessageError};
-use protocol::command::{message_id, parse_base10};
 use protocol::compression::Compression;
 use protocol::frame::FrameType;
-use protocol::identify::{AuthResponse, IdentifyRequest, IdentifyResponse};
-use protocol::{ErrorCode, ProtocolError};
+use protocol::identify::{AuthResponse, IdentifyResponse};
+use protocol::{ErrorCode, MESSAGE_ID_LEN, ProtocolError};
 
 use super::connection::{Connection, Failure};
-use super::pump::{PumpEvent, Settings};
+use super::parse::{
+    self, ClientState, Limits, PubKind, Request, checked_body_len, decode_identify,
+    message_body_len, negotiate, parse_command,
+};
+use super::pump::PumpEvent;
 use super::transport;
 use crate::auth::{AuthQuery, AuthState};
-use crate::clients::{STATE_CLOSING, STATE_INIT, STATE_SUBSCRIBED, Subscription};
+use crate::clients::{STATE_CLOSING, STATE_SUBSCRIBED, Subscription};
 use crate::options::{NSQ_VERSION, TlsRequired};
 
 type Reply = Result<Option<Vec<u8>>, Failure>;
@@ -37,17 +41,6 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// A topic or channel name parameter, valid by NSQ's rules, or `<code> <what> name "x" is not
-/// valid`.
-fn valid_name(param: &[u8], code: ErrorCode, what: &str) -> Result<String, Failure> {
-    let name = text(param);
-    if engine::names::is_valid_name(&name) {
-        Ok(name)
-    } else {
-        Err(error(code, format!("{what} name {name:?} is not valid")))
-    }
-}
-
 /// The reason nsqd gives when a publish or subscribe fails.
 fn engine_reason(error: &EngineError) -> String {
     match error {
@@ -58,29 +51,45 @@ fn engine_reason(error: &EngineError) -> String {
 
 impl Connection {
     pub(crate) async fn exec(&mut self, params: &[&[u8]]) -> Reply {
-        let name = params.first().copied().unwrap_or_default();
-        if name != b"IDENTIFY" && self.nsqd.tls_required != TlsRequired::No && self.tls.is_none() {
-            return Err(invalid(format!("cannot {} in current state (TLS required)", text(name))));
+        let connection = parse::Connection {
+            state: match self.client.state() {
+                STATE_SUBSCRIBED => ClientState::Subscribed,
+                STATE_CLOSING => ClientState::Closing,
+                _ => ClientState::Init,
+            },
+            tls_pending: self.nsqd.tls_required != TlsRequired::No && self.tls.is_none(),
+            heartbeats: self.settings.heartbeat_interval.is_some(),
+            has_consumer: self.consumer.is_some(),
+        };
+        let limits = Limits::from_options(&self.nsqd.options);
+        match parse_command(params, &connection, &limits)? {
+            Request::Identify => self.identify(&limits).await,
+            Request::Fin(id) => self.fin(id),
+            Request::Rdy(count) => self.rdy(count),
+            Request::RdyIgnored => {
+                tracing::info!(
+                    "PROTOCOL(V2): [{}] ignoring RDY after CLS in state ClientStateV2Closing",
+                    self.client.remote
+                );
+                Ok(None)
+            }
+            Request::Req { id, delay, clamped_from } => {
+                if let Some(requested) = clamped_from {
+                    tracing::info!(
+                        "PROTOCOL(V2): [{}] REQ timeout {requested:?} out of range 0-{delay:?}. Setting to {delay:?}",
+                        self.client.remote
+                    );
+                }
+                self.req(id, delay)
+            }
+            Request::Pub { kind, topic, defer } => self.publish(kind, topic, defer, &limits).await,
+            Request::Mpub { topic } => self.mpub(topic, &limits).await,
+            Request::Nop => Ok(None),
+            Request::Touch(id) => self.touch(id),
+            Request::Sub { topic, channel } => self.sub(topic, channel).await,
+            Request::Cls => self.cls(),
+            Request::Auth => self.auth().await,
         }
-        match name {
-            b"IDENTIFY" => self.identify().await,
-            b"FIN" => self.fin(params),
-            b"RDY" => self.rdy(params),
-            b"REQ" => self.req(params),
-            b"PUB" => self.publish(params, PubKind::Pub).await,
-            b"MPUB" => self.mpub(params).await,
-            b"DPUB" => self.publish(params, PubKind::Dpub).await,
-            b"NOP" => Ok(None),
-            b"TOUCH" => self.touch(params),
-            b"SUB" => self.sub(params).await,
-            b"CLS" => self.cls(),
-            b"AUTH" => self.auth(params).await,
-            other => Err(invalid(format!("invalid command {}", text(other)))),
-        }
-    }
-
-    fn state(&self) -> i32 {
-        self.client.state()
     }
 
     /// Reads a body whose size must be in `1..=max`; `too_big` is checked first for IDENTIFY
@@ -96,32 +105,14 @@ impl Connection {
             Ok(size) => size,
             Err(_) => return Err(error(code, format!("{what} failed to read body size"))),
         };
-        let too_big = u64::try_from(size).is_ok_and(|s| s > max);
-        let (empty_text, big_text) = (
-            format!("{what} invalid body size {size}"),
-            format!("{what} body too big {size} > {max}"),
-        );
-        if too_big_first && too_big {
-            return Err(error(code, big_text));
-        }
-        if size <= 0 {
-            return Err(error(code, empty_text));
-        }
-        if too_big {
-            return Err(error(code, big_text));
-        }
-        let size = usize::try_from(size).unwrap_or(0);
+        let size = checked_body_len(size, code, what, max, too_big_first)?;
         self.read_body(size).await.map_err(|_| error(code, format!("{what} failed to read body")))
     }
 
-    async fn identify(&mut self) -> Reply {
-        if self.state() != STATE_INIT {
-            return Err(invalid("cannot IDENTIFY in current state"));
-        }
-        let max = self.nsqd.options.max_body_size;
+    async fn identify(&mut self, limits: &Limits) -> Reply {
+        let max = limits.max_body_size;
         let body = self.read_checked_body(ErrorCode::BadBody, "IDENTIFY", max, true).await?;
-        let request: IdentifyRequest = serde_json::from_slice(&body)
-            .map_err(|_| error(ErrorCode::BadBody, "IDENTIFY failed to decode JSON body"))?;
+        let request = decode_identify(&body)?;
         tracing::info!("[{}] IDENTIFY: {request:?}", self.client.remote);
         {
             let mut meta = self.client.meta();
@@ -131,8 +122,7 @@ impl Connection {
             meta.topology_region.clone_from(&request.topology_region);
             meta.topology_zone.clone_from(&request.topology_zone);
         }
-        let settings = self
-            .negotiate(&request)
+        let settings = negotiate(&request, self.settings, limits)
             .map_err(|e| error(ErrorCode::BadBody, format!("IDENTIFY {e}")))?;
         self.settings = settings;
         self.client.meta().sample_rate = settings.sample_rate;
@@ -225,62 +215,7 @@ impl Connection {
         Ok(None)
     }
 
-    /// The settings an IDENTIFY asks for, checked against the server's bounds in nsqd's order.
-    fn negotiate(&self, request: &IdentifyRequest) -> Result<Settings, String> {
-        let options = &self.nsqd.options;
-        let millis = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
-        let ms = |v: i64| Duration::from_millis(u64::try_from(v).unwrap_or(0));
-        let mut settings = self.settings;
-        match request.heartbeat_interval {
-            -1 => settings.heartbeat_interval = None,
-            0 => {}
-            v if v >= 1000 && v <= millis(options.max_heartbeat_interval) => {
-                settings.heartbeat_interval = Some(ms(v));
-            }
-            v => return Err(format!("heartbeat interval ({v}) is invalid")),
-        }
-        match request.output_buffer_timeout {
-            -1 => settings.output_buffer_timeout = None,
-            0 => {}
-            v if v >= millis(options.min_output_buffer_timeout)
-                && v <= millis(options.max_output_buffer_timeout) =>
-            {
-                settings.output_buffer_timeout = Some(ms(v));
-            }
-            v => return Err(format!("output buffer timeout ({v}) is invalid")),
-        }
-        match request.output_buffer_size {
-            -1 => {
-                settings.output_buffer_size = 1;
-                settings.output_buffer_timeout = None;
-            }
-            0 => {}
-            v if v >= 64 && u64::try_from(v).is_ok_and(|v| v <= options.max_output_buffer_size) => {
-                settings.output_buffer_size = usize::try_from(v).unwrap_or(usize::MAX);
-            }
-            v => return Err(format!("output buffer size ({v}) is invalid")),
-        }
-        if !(0..=99).contains(&request.sample_rate) {
-            return Err(format!("sample rate ({}) is invalid", request.sample_rate));
-        }
-        settings.sample_rate = request.sample_rate;
-        match request.msg_timeout {
-            0 => {}
-            v if v >= 1000 && v <= millis(options.max_msg_timeout) => {
-                settings.msg_timeout = ms(v);
-            }
-            v => return Err(format!("msg timeout ({v}) is invalid")),
-        }
-        Ok(settings)
-    }
-
-    async fn auth(&mut self, params: &[&[u8]]) -> Reply {
-        if self.state() != STATE_INIT {
-            return Err(invalid("cannot AUTH in current state"));
-        }
-        if params.len() != 1 {
-            return Err(invalid("AUTH invalid number of parameters"));
-        }
+    async fn auth(&mut self) -> Reply {
         let max = self.nsqd.options.max_body_size;
         let body = self.read_checked_body(ErrorCode::BadBody, "AUTH", max, true).await?;
         if self.auth.as_ref().is_some_and(AuthState::has_authorizations) {
@@ -359,18 +294,7 @@ impl Connection {
         }
     }
 
-    async fn sub(&mut self, params: &[&[u8]]) -> Reply {
-        if self.state() != STATE_INIT {
-            return Err(invalid("cannot SUB in current state"));
-        }
-        if self.settings.heartbeat_interval.is_none() {
-            return Err(invalid("cannot SUB with heartbeats disabled"));
-        }
-        if params.len() < 3 {
-            return Err(invalid("SUB insufficient number of parameters"));
-        }
-        let topic_name = valid_name(params[1], ErrorCode::BadTopic, "SUB topic")?;
-        let channel_name = valid_name(params[2], ErrorCode::BadChannel, "SUB channel")?;
+    async fn sub(&mut self, topic_name: String, channel_name: String) -> Reply {
         self.check_auth("SUB", &topic_name, &channel_name).await?;
         let sub_failed = |e: &EngineError| {
             error(ErrorCode::SubFailed, format!("SUB failed {}", engine_reason(e)))
@@ -421,27 +345,7 @@ impl Connection {
         ok()
     }
 
-    fn rdy(&mut self, params: &[&[u8]]) -> Reply {
-        let state = self.state();
-        if state == STATE_CLOSING {
-            tracing::info!(
-                "PROTOCOL(V2): [{}] ignoring RDY after CLS in state ClientStateV2Closing",
-                self.client.remote
-            );
-            return Ok(None);
-        }
-        if state != STATE_SUBSCRIBED {
-            return Err(invalid("cannot RDY in current state"));
-        }
-        let count = match params.get(1) {
-            Some(param) => parse_base10(param)
-                .ok_or_else(|| invalid(format!("RDY could not parse count {}", text(param))))?,
-            None => 1,
-        };
-        let max = self.nsqd.options.max_rdy_count;
-        if count > max {
-            return Err(invalid(format!("RDY count {count} out of range 0-{max}")));
-        }
+    fn rdy(&mut self, count: u64) -> Reply {
         if let Some(consumer) = &self.consumer {
             consumer.set_ready(count);
         }
@@ -449,73 +353,39 @@ impl Connection {
         Ok(None)
     }
 
-    /// The subscribed consumer and the message ID of FIN, REQ or TOUCH, after their checks.
-    fn message_command<'p>(
-        &self,
-        name: &str,
-        params: &[&'p [u8]],
-        min_params: usize,
-    ) -> Result<(Arc<engine::Consumer>, &'p [u8; protocol::MESSAGE_ID_LEN]), Failure> {
-        let state = self.state();
-        if state != STATE_SUBSCRIBED && state != STATE_CLOSING {
-            return Err(invalid(format!("cannot {name} in current state")));
-        }
-        if params.len() < min_params {
-            return Err(invalid(format!("{name} insufficient number of params")));
-        }
-        let id = message_id(params[1])?;
-        let consumer = self
-            .consumer
-            .clone()
-            .ok_or_else(|| invalid(format!("cannot {name} in current state")))?;
-        Ok((consumer, id))
+    /// The subscribed consumer, for FIN, REQ or TOUCH (their checks made sure there is one).
+    fn subscribed(&self, name: &str) -> Result<Arc<engine::Consumer>, Failure> {
+        self.consumer.clone().ok_or_else(|| invalid(format!("cannot {name} in current state")))
     }
 
     fn message_failed(code: ErrorCode, name: &str, id: &[u8], e: MessageError) -> Failure {
         error(code, format!("{name} {} failed {e}", text(id)))
     }
 
-    fn fin(&mut self, params: &[&[u8]]) -> Reply {
-        let (consumer, id) = self.message_command("FIN", params, 2)?;
-        consumer
+    fn fin(&mut self, id: &[u8; MESSAGE_ID_LEN]) -> Reply {
+        self.subscribed("FIN")?
             .finish(id)
             .map_err(|e| Self::message_failed(ErrorCode::FinFailed, "FIN", id, e))?;
         self.wake.notify_one();
         Ok(None)
     }
 
-    fn req(&mut self, params: &[&[u8]]) -> Reply {
-        let (consumer, id) = self.message_command("REQ", params, 3)?;
-        let timeout_ms = parse_base10(params[2])
-            .ok_or_else(|| invalid(format!("REQ could not parse timeout {}", text(params[2]))))?;
-        let max = self.nsqd.options.max_req_timeout;
-        let mut delay = Duration::from_millis(timeout_ms);
-        if delay > max {
-            tracing::info!(
-                "PROTOCOL(V2): [{}] REQ timeout {delay:?} out of range 0-{max:?}. Setting to {max:?}",
-                self.client.remote
-            );
-            delay = max;
-        }
-        consumer
+    fn req(&mut self, id: &[u8; MESSAGE_ID_LEN], delay: Duration) -> Reply {
+        self.subscribed("REQ")?
             .requeue(id, delay)
             .map_err(|e| Self::message_failed(ErrorCode::ReqFailed, "REQ", id, e))?;
         self.wake.notify_one();
         Ok(None)
     }
 
-    fn touch(&mut self, params: &[&[u8]]) -> Reply {
-        let (consumer, id) = self.message_command("TOUCH", params, 2)?;
-        consumer
+    fn touch(&mut self, id: &[u8; MESSAGE_ID_LEN]) -> Reply {
+        self.subscribed("TOUCH")?
             .touch(id)
             .map_err(|e| Self::message_failed(ErrorCode::TouchFailed, "TOUCH", id, e))?;
         Ok(None)
     }
 
     fn cls(&mut self) -> Reply {
-        if self.state() != STATE_SUBSCRIBED {
-            return Err(invalid("cannot CLS in current state"));
-        }
         if let Some(consumer) = &self.consumer {
             consumer.set_ready(0);
         }
@@ -524,39 +394,22 @@ impl Connection {
         Ok(Some(protocol::CLOSE_WAIT.to_vec()))
     }
 
-    async fn publish(&mut self, params: &[&[u8]], kind: PubKind) -> Reply {
+    async fn publish(
+        &mut self,
+        kind: PubKind,
+        topic_name: String,
+        defer: Duration,
+        limits: &Limits,
+    ) -> Reply {
         let name = kind.name();
-        let min_params = if kind == PubKind::Dpub { 3 } else { 2 };
-        if params.len() < min_params {
-            return Err(invalid(format!("{name} insufficient number of parameters")));
-        }
-        let topic_name = valid_name(params[1], ErrorCode::BadTopic, &format!("{name} topic"))?;
-        let options = &self.nsqd.options;
-        let mut defer = Duration::ZERO;
-        if kind == PubKind::Dpub {
-            let timeout_ms = parse_base10(params[2]).ok_or_else(|| {
-                invalid(format!("DPUB could not parse timeout {}", text(params[2])))
-            })?;
-            let max_ms = u64::try_from(options.max_req_timeout.as_millis()).unwrap_or(u64::MAX);
-            if timeout_ms > max_ms {
-                return Err(invalid(format!("DPUB timeout {timeout_ms} out of range 0-{max_ms}")));
-            }
-            defer = Duration::from_millis(timeout_ms);
-        }
-        let max = options.max_msg_size;
         let bad = |t: String| error(ErrorCode::BadMessage, t);
         let size = self
             .read_size()
             .await
             .map_err(|_| bad(format!("{name} failed to read message body size")))?;
-        if size <= 0 {
-            return Err(bad(format!("{name} invalid message body size {size}")));
-        }
-        if u64::try_from(size).is_ok_and(|s| s > max) {
-            return Err(bad(format!("{name} message too big {size} > {max}")));
-        }
+        let size = message_body_len(kind, size, limits)?;
         let body = self
-            .read_body(usize::try_from(size).unwrap_or(0))
+            .read_body(size)
             .await
             .map_err(|_| bad(format!("{name} failed to read message body")))?;
         self.check_auth(name, &topic_name, "").await?;
@@ -570,15 +423,9 @@ impl Connection {
         ok()
     }
 
-    async fn mpub(&mut self, params: &[&[u8]]) -> Reply {
-        if params.len() < 2 {
-            return Err(invalid("MPUB insufficient number of parameters"));
-        }
-        // nsqd's text repeats the code here.
-        let topic_name = valid_name(params[1], ErrorCode::BadTopic, "E_BAD_TOPIC MPUB topic")?;
+    async fn mpub(&mut self, topic_name: String, limits: &Limits) -> Reply {
         self.check_auth("MPUB", &topic_name, "").await?;
-        let options = &self.nsqd.options;
-        let (max_body, max_msg) = (options.max_body_size, options.max_msg_size);
+        let (max_body, max_msg) = (limits.max_body_size, limits.max_msg_size);
         let body = self.read_checked_body(ErrorCode::BadBody, "MPUB", max_body, false).await?;
         let ranges = protocol::mpub::decode_mpub_ranges(&body, max_msg, max_body)?;
         let count = ranges.len() as u64;
@@ -589,27 +436,5 @@ impl Connection {
         self.nsqd.publish(topic, body, ranges, Duration::ZERO).await.map_err(failed)?;
         self.client.published(&topic_name, count);
         ok()
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum PubKind {
-    Pub,
-    Dpub,
-}
-
-impl PubKind {
-    fn name(self) -> &'static str {
-        match self {
-            Self::Pub => "PUB",
-            Self::Dpub => "DPUB",
-        }
-    }
-
-    fn failed_code(self) -> ErrorCode {
-        match self {
-            Self::Pub => ErrorCode::PubFailed,
-            Self::Dpub => ErrorCode::DpubFailed,
-        }
     }
 }

@@ -17,7 +17,8 @@ use tokio::sync::{Mutex, Notify, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::pump::{self, PumpEvent, Settings};
+use super::parse::Settings;
+use super::pump::{self, PumpEvent};
 use super::transport::{self, BoxRead};
 use super::writer::Writer;
 use crate::auth::AuthState;

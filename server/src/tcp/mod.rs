@@ -1,9 +1,11 @@
 //! TCP protocol V2: the accept loop, and per connection a reader that runs commands
 //! ([`connection`]) beside a message pump that delivers messages and heartbeats ([`pump`]),
-//! both writing through one buffered [`writer::Writer`].
+//! both writing through one buffered [`writer::Writer`]. The checks of a command's line and
+//! body are the pure functions of [`parse`].
 
 mod commands;
 mod connection;
+pub mod parse;
 mod pump;
 mod transport;
 mod writer;

@@ -12,20 +12,8 @@ use tokio::sync::{Mutex, Notify, mpsc};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
+use super::parse::Settings;
 use super::writer::Writer;
-
-/// The per-connection settings IDENTIFY negotiates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Settings {
-    /// `None`: heartbeats (and read and write deadlines) disabled.
-    pub(crate) heartbeat_interval: Option<Duration>,
-    pub(crate) output_buffer_size: usize,
-    /// `None`: no timed flush.
-    pub(crate) output_buffer_timeout: Option<Duration>,
-    /// Deliver about this percent of the messages; 0 delivers all.
-    pub(crate) sample_rate: i32,
-    pub(crate) msg_timeout: Duration,
-}
 
 /// What the reader tells the pump.
 #[derive(Debug)]
