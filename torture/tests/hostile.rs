@@ -63,9 +63,10 @@ const STORM_MESSAGES: u64 = 300;
 /// Consumers that never read, held through nsqd's shutdown.
 const DEAF_CONSUMERS: usize = 4;
 const DEAF_TOPIC: &str = "deaf";
-/// How long SIGTERM may take with deaf consumers connected: nsqd waits up to 10 s
-/// (`SHUTDOWN_GRACE`) for connections to end, then closes them.
-const TERMINATE_BOUND: Duration = Duration::from_secs(30);
+/// How long SIGTERM may take with deaf consumers connected: a closing connection gives its
+/// client 1 s to take what is buffered, well inside nsqd's 10 s `SHUTDOWN_GRACE`, which a
+/// write blocked on a deaf client must not use up.
+const TERMINATE_BOUND: Duration = Duration::from_secs(5);
 /// nsqd's defaults, named here because the oversized cases are built around them.
 const MAX_MSG_SIZE: u64 = 1_048_576;
 const MAX_BODY_SIZE: u64 = 5_242_880;

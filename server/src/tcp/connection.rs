@@ -28,6 +28,8 @@ use crate::options::{DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_OUTPUT_BUFFER_SIZE};
 
 /// How long a new connection may take to send the protocol magic.
 const MAGIC_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a closing connection waits for its client to take what is still buffered.
+const FINAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Why the command loop stopped.
 #[derive(Debug, thiserror::Error)]
@@ -163,7 +165,12 @@ pub(crate) async fn serve(
     // Dropping the consumer hands its in-flight messages back to the channel at once.
     drop(connection);
     nsqd.clients.remove(client.id);
-    writer.lock().await.shutdown().await;
+    // What is buffered goes out if the client reads it soon; one that does not read is not
+    // waited for (NSQ closes the socket at once).
+    let _ = tokio::time::timeout(FINAL_FLUSH_TIMEOUT, async {
+        writer.lock().await.shutdown().await;
+    })
+    .await;
 }
 
 impl Connection {

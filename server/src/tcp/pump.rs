@@ -49,7 +49,8 @@ async fn listen(listener: &mut Option<ChangeListener>) {
 }
 
 /// Runs until `exit` is cancelled or a write fails; cancels `exit` when it ends, so the
-/// reader stops too.
+/// reader stops too. A cancellation also ends a write in progress: a client that does not read
+/// must not hold the connection (or nsqd's shutdown) until the write times out.
 pub(crate) async fn run(
     writer: Arc<Mutex<Writer>>,
     mut events: mpsc::UnboundedReceiver<PumpEvent>,
@@ -57,7 +58,10 @@ pub(crate) async fn run(
     settings: Settings,
     exit: CancellationToken,
 ) {
-    let result = pump(&writer, &mut events, &wake, settings, &exit).await;
+    let result = tokio::select! {
+        result = pump(&writer, &mut events, &wake, settings, &exit) => result,
+        () = exit.cancelled() => Ok(()),
+    };
     if let Err(error) = result {
         tracing::debug!(%error, "message pump stopped");
     }
