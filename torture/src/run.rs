@@ -25,7 +25,7 @@
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -237,12 +237,7 @@ async fn torture_cycle(
                 .await?;
         }
     }
-    let clients = Clients {
-        addr: nsqd.tcp(),
-        ledger: Arc::clone(ledger),
-        stop: Arc::new(AtomicBool::new(false)),
-        workload: Arc::new(config.workload.clone()),
-    };
+    let clients = Clients::new(nsqd.tcp(), ledger, &config.workload);
     let mut tasks = JoinSet::new();
     for producer in 0..config.publishers {
         let seed = rng.u64(..);
@@ -298,12 +293,7 @@ async fn drain(
     let started = Instant::now();
     let mut warnings = Vec::new();
     let nsqd = start_nsqd(config, data).await?;
-    let clients = Clients {
-        addr: nsqd.tcp(),
-        ledger: Arc::clone(ledger),
-        stop: Arc::new(AtomicBool::new(false)),
-        workload: Arc::new(config.workload.clone()),
-    };
+    let clients = Clients::new(nsqd.tcp(), ledger, &config.workload);
     let mut tasks = JoinSet::new();
     spawn_consumers(&mut tasks, &clients, config, Mode::Drain, rng);
     let deadline = started + config.drain_timeout;

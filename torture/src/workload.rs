@@ -83,6 +83,16 @@ pub struct Clients {
 }
 
 impl Clients {
+    /// The clients of one nsqd run, not stopped.
+    pub fn new(addr: SocketAddr, ledger: &SharedLedger, workload: &Workload) -> Self {
+        Self {
+            addr,
+            ledger: Arc::clone(ledger),
+            stop: Arc::new(AtomicBool::new(false)),
+            workload: Arc::new(workload.clone()),
+        }
+    }
+
     fn stopping(&self) -> bool {
         self.stop.load(Ordering::SeqCst)
     }

@@ -528,12 +528,8 @@ mod tests {
         assert_eq!(log.read_at(u64::MAX - 1).unwrap().unwrap().body, &b"last"[..]);
     }
 
-    #[test]
-    fn a_segment_whose_creation_failed_leaves_no_file_behind() {
-        // Goal: a roll whose directory fsync fails leaves no empty segment that a later
-        // directory fsync makes durable, hiding acknowledged records after a restart (found by
-        // the fuzz target engine_ops). Method: fail the directory fsync of a roll, append into
-        // the old segment and roll past it, lose power, reopen and read everything.
+    /// A log of 100-byte segments (a 40-byte body rolls), fsync before return, on a simulator.
+    fn small_segment_log() -> (SimStorage, Arc<dyn Storage>, PathBuf, LogConfig, TopicLog) {
         let storage = SimStorage::new();
         let dir = PathBuf::from("/t");
         let config = LogConfig {
@@ -543,6 +539,16 @@ mod tests {
         };
         let shared: Arc<dyn Storage> = Arc::new(storage.clone());
         let (log, _) = TopicLog::open(Arc::clone(&shared), &dir, config.clone()).unwrap();
+        (storage, shared, dir, config, log)
+    }
+
+    #[test]
+    fn a_segment_whose_creation_failed_leaves_no_file_behind() {
+        // Goal: a roll whose directory fsync fails leaves no empty segment that a later
+        // directory fsync makes durable, hiding acknowledged records after a restart (found by
+        // the fuzz target engine_ops). Method: fail the directory fsync of a roll, append into
+        // the old segment and roll past it, lose power, reopen and read everything.
+        let (storage, shared, dir, config, log) = small_segment_log();
         let small = NewRecord { timestamp_ns: 1, deliver_at_ns: 0, body: b"s" };
         let large = NewRecord { timestamp_ns: 1, deliver_at_ns: 0, body: &[b'x'; 40] };
         assert_eq!(log.append(&[small]).unwrap(), 0..1);
@@ -569,15 +575,7 @@ mod tests {
         // power loss cannot bring the segment back in front of records written past its name
         // (found by the fuzz target engine_ops). Method: fail the roll's write, then the
         // directory fsync of the undo's removal; reopen, append, lose power, read.
-        let storage = SimStorage::new();
-        let dir = PathBuf::from("/t");
-        let config = LogConfig {
-            max_bytes_per_file: 100,
-            sync: crate::log::SyncPolicy::Always,
-            ..LogConfig::default()
-        };
-        let shared: Arc<dyn Storage> = Arc::new(storage.clone());
-        let (log, _) = TopicLog::open(Arc::clone(&shared), &dir, config.clone()).unwrap();
+        let (storage, shared, dir, config, log) = small_segment_log();
         let small = NewRecord { timestamp_ns: 1, deliver_at_ns: 0, body: b"s" };
         let large = NewRecord { timestamp_ns: 1, deliver_at_ns: 0, body: &[b'x'; 40] };
         assert_eq!(log.append(&[small]).unwrap(), 0..1);
