@@ -14,6 +14,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{RwLock, RwLockReadGuard};
+use std::time::{Duration, Instant};
 
 use super::{Change, EntryVisitor, KvBackend, MetaError, SLED_CACHE_BYTES, Tree};
 
@@ -41,7 +42,28 @@ fn io_error(error: sled::Error) -> io::Error {
     }
 }
 
+/// How long opening waits for sled's file lock: a database dropped a moment ago in this process
+/// (an engine closed, the store reopened after an error) may hold it while sled's own threads
+/// finish. Another process never holds it: the data directory's lock is taken first.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+const LOCK_RETRY: Duration = Duration::from_millis(10);
+
 fn open_db(path: &Path) -> Result<Open, sled::Error> {
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        match open_db_once(path) {
+            Err(sled::Error::Io(error))
+                if error.to_string().contains("could not acquire lock")
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(LOCK_RETRY);
+            }
+            result => return result,
+        }
+    }
+}
+
+fn open_db_once(path: &Path) -> Result<Open, sled::Error> {
     // No background flushing: durability points are the engine's explicit flushes, made after
     // the log records a checkpoint refers to are synced.
     let db = sled::Config::new()
