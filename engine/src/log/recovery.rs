@@ -14,7 +14,9 @@
 //!    skipped, left in place). Damage that runs to the end is a torn tail, truncated away, unless
 //!    it starts with a whole frame whose header names the offset due next: that is a damaged
 //!    record, perhaps fsynced and consumed, so it is quarantined and its offset not reused.
-//! 7. Appends continue after the last valid record, with the offset after it.
+//! 7. Appends continue after the last valid record, with the offset after it. The last segment
+//!    is fsynced first: what was read back may have been only in the page cache (a write whose
+//!    fsync failed, then a reopen in the same process), and checkpoints may now refer to it.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -189,6 +191,11 @@ fn recover_last(
                 Some(Truncation { segment: path.clone(), position: cut_at, len_bytes });
         }
     }
+    // What was read back becomes the log's synced offset, and checkpoints may refer to it: make
+    // it durable. It may not be, after a write whose fsync failed and a reopen in the same
+    // process; a power loss could then take those records, and their offsets would be assigned
+    // again below a channel's checkpoint.
+    file.sync_data().map_err(io("fsync"))?;
     Ok((segment, next_offset))
 }
 
@@ -237,7 +244,7 @@ fn finish(
         wakeup: Condvar::new(),
         segments: RwLock::new(Arc::new(segments)),
         next_offset: AtomicU64::new(next_offset),
-        // What recovery read back is taken as durable: it cannot tell page cache from disk.
+        // What recovery read back was fsynced (`recover_last`).
         synced_offset: AtomicU64::new(next_offset),
         removal: Mutex::new(()),
         quarantined_ranges: AtomicU64::new(seen.len() as u64),
