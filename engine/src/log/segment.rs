@@ -168,8 +168,14 @@ impl Segment {
 /// anything.
 pub(crate) fn header_problem(file: &dyn StorageFile, first_offset: u64) -> Option<String> {
     let mut header = [0u8; SegmentHeader::LEN];
-    if let Err(error) = read_full_at(file, &mut header, 0) {
-        return Some(error.to_string());
+    match read_full_at(file, &mut header, 0) {
+        Ok(read) if read < SegmentHeader::LEN => {
+            // The zeros after a short file must not complete a header by chance (a fuzzer made
+            // one whose checksum field, past the end, the zeros matched).
+            return Some(format!("file of {read} bytes is shorter than a segment header"));
+        }
+        Ok(_) => {}
+        Err(error) => return Some(error.to_string()),
     }
     match SegmentHeader::decode(&header) {
         Ok(h) if h.first_offset == first_offset => None,
