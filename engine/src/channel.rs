@@ -392,15 +392,73 @@ impl Consumer {
         Ok(delivery)
     }
 
+    /// Up to `max` messages for this consumer, as [`Consumer::next_message`] would hand them
+    /// out one by one, appended to `out` under one lock of the channel. Returns how many.
+    pub fn next_messages(&self, max: usize, out: &mut Vec<Delivery>) -> Result<usize, EngineError> {
+        let channel = &self.channel;
+        if channel.is_deleted() {
+            return Err(EngineError::Exiting(format!("channel {}", channel.name)));
+        }
+        let now_ns = channel.ctx.clock.now_ns();
+        let read_limit = channel.core.read_limit();
+        let mut inner = channel.inner();
+        let mut taken = 0;
+        let mut outcome = Ok(());
+        while taken < max {
+            match inner.queue.deliver(&channel.core.log, read_limit, self.id, now_ns) {
+                Ok(Some(delivery)) => {
+                    out.push(delivery);
+                    taken += 1;
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    outcome = Err(error.into());
+                    break;
+                }
+            }
+        }
+        channel.reschedule(&mut inner);
+        // Messages taken before a read error are in flight: they are handed out, not lost.
+        if taken > 0 { Ok(taken) } else { outcome.map(|()| 0) }
+    }
+
     /// FIN: the message is done.
     pub fn finish(&self, id: &[u8]) -> Result<(), MessageError> {
-        self.channel.with_message(id, |inner, offset, now_ns| {
-            let latency_ns = inner.queue.finish(self.id, offset, now_ns)?;
-            if let Some(latency) = &mut inner.latency {
-                latency.record(latency_ns, now_ns);
+        self.channel
+            .with_message(id, |inner, offset, now_ns| self.finish_locked(inner, offset, now_ns))
+    }
+
+    /// FIN of several messages under one lock of the channel, in order, as if each were
+    /// [`Consumer::finish`]ed. Calls `failed` with the index and error of each that fails.
+    pub fn finish_all(
+        &self,
+        ids: &[[u8; crate::message_id::MESSAGE_ID_LEN]],
+        mut failed: impl FnMut(usize, MessageError),
+    ) {
+        let now_ns = self.channel.ctx.clock.now_ns();
+        let mut inner = self.channel.inner();
+        for (index, id) in ids.iter().enumerate() {
+            let outcome = parse_message_id(id)
+                .ok_or(MessageError::NotInFlight)
+                .and_then(|offset| self.finish_locked(&mut inner, offset, now_ns));
+            if let Err(error) = outcome {
+                failed(index, error);
             }
-            Ok(())
-        })
+        }
+        self.channel.reschedule(&mut inner);
+    }
+
+    fn finish_locked(
+        &self,
+        inner: &mut Inner,
+        offset: u64,
+        now_ns: i64,
+    ) -> Result<(), MessageError> {
+        let latency_ns = inner.queue.finish(self.id, offset, now_ns)?;
+        if let Some(latency) = &mut inner.latency {
+            latency.record(latency_ns, now_ns);
+        }
+        Ok(())
     }
 
     /// REQ: deliver the message again, after `delay` (clamped to `max_req_timeout`).

@@ -35,6 +35,8 @@ const SLOTS: usize = 2;
 enum Op {
     Publish { count: u8, defer_ms: u32 },
     Dispatch { slot: usize },
+    DispatchMany { slot: usize, max: usize },
+    FinAll { slot: usize },
     Fin { slot: usize, pick: usize },
     Req { slot: usize, pick: usize, delay_ms: u32 },
     Touch { slot: usize, pick: usize },
@@ -52,6 +54,8 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (1u8..4, prop_oneof![3 => Just(0u32), 1 => Just(2_000), 1 => Just(70_000)])
             .prop_map(|(count, defer_ms)| Op::Publish { count, defer_ms }),
         6 => slot.clone().prop_map(|slot| Op::Dispatch { slot }),
+        2 => (slot.clone(), 2usize..6).prop_map(|(slot, max)| Op::DispatchMany { slot, max }),
+        1 => slot.clone().prop_map(|slot| Op::FinAll { slot }),
         4 => (slot.clone(), any::<usize>()).prop_map(|(slot, pick)| Op::Fin { slot, pick }),
         2 => (slot.clone(), any::<usize>(), delay)
             .prop_map(|(slot, pick, delay_ms)| Op::Req { slot, pick, delay_ms }),
@@ -157,13 +161,25 @@ impl World {
         }
     }
 
-    fn dispatch(&mut self, slot: usize) -> Result<(), TestCaseError> {
+    /// Takes up to `max` messages (one by one with `next_message` when `max` is 1, else with
+    /// `next_messages`), checks each as if taken alone, and a short batch as a refusal.
+    fn dispatch(&mut self, slot: usize, max: usize) -> Result<(), TestCaseError> {
         self.engine().fire_timers();
         self.expire();
-        let ready = (self.in_flight_of(slot).len() as u64) < RDY;
-        let delivery = self.consumer(slot).next_message().unwrap();
-        let now = self.now();
-        let Some(delivery) = delivery else {
+        let mut deliveries = Vec::new();
+        if max == 1 {
+            deliveries.extend(self.consumer(slot).next_message().unwrap());
+        } else {
+            let taken = self.consumer(slot).next_messages(max, &mut deliveries).unwrap();
+            prop_assert_eq!(taken, deliveries.len());
+        }
+        let refused = deliveries.len() < max;
+        for delivery in deliveries {
+            self.check_delivery(slot, &delivery)?;
+        }
+        if refused {
+            let ready = (self.in_flight_of(slot).len() as u64) < RDY;
+            let now = self.now();
             let deliverable = self
                 .messages
                 .iter()
@@ -173,8 +189,17 @@ impl World {
                 "ready consumer refused while {:?} is deliverable",
                 deliverable
             );
-            return Ok(());
-        };
+        }
+        Ok(())
+    }
+
+    fn check_delivery(
+        &mut self,
+        slot: usize,
+        delivery: &engine::Delivery,
+    ) -> Result<(), TestCaseError> {
+        let ready = (self.in_flight_of(slot).len() as u64) < RDY;
+        let now = self.now();
         prop_assert!(ready, "delivered beyond RDY");
         let body: u64 = std::str::from_utf8(&delivery.body).unwrap().parse().unwrap();
         let Some(m) = self.messages.get_mut(&body) else {
@@ -218,7 +243,27 @@ impl World {
                 }
                 self.next_body += u64::from(count);
             }
-            Op::Dispatch { slot } => self.dispatch(slot)?,
+            Op::Dispatch { slot } => self.dispatch(slot, 1)?,
+            Op::DispatchMany { slot, max } => self.dispatch(slot, max)?,
+            Op::FinAll { slot } => {
+                self.engine().fire_timers();
+                self.expire();
+                let Some(consumer) = self.consumers[slot].as_ref() else { return Ok(()) };
+                let owned = self.in_flight_of(slot);
+                // An ID never handed out sits among the real ones and fails alone.
+                let mut ids: Vec<_> = owned
+                    .iter()
+                    .map(|body| engine::message_id::message_id(self.messages[body].offset))
+                    .collect();
+                let unknown = ids.len() / 2;
+                ids.insert(unknown, engine::message_id::message_id(u64::MAX >> 1));
+                let mut failed = Vec::new();
+                consumer.finish_all(&ids, |index, error| failed.push((index, error)));
+                prop_assert_eq!(failed, vec![(unknown, engine::MessageError::NotInFlight)]);
+                for body in owned {
+                    self.messages.get_mut(&body).unwrap().fate = Fate::FinishedVolatile;
+                }
+            }
             Op::Fin { slot, pick } | Op::Req { slot, pick, .. } | Op::Touch { slot, pick } => {
                 self.engine().fire_timers();
                 self.expire();

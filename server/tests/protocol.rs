@@ -4,6 +4,7 @@
 
 mod common;
 
+use bytes::BytesMut;
 use common::TestServer;
 use protocol::command::Command;
 use protocol::frame::Frame;
@@ -374,6 +375,66 @@ async fn fin_req_touch_failures_keep_the_connection() {
     owner.command(Command::Fin(&message.id)).await;
     owner.expect_error(&format!("E_FIN_FAILED FIN {id} failed ID not in flight")).await;
     owner.sync().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn fins_arriving_together_are_applied_in_order_and_each_failure_is_reported() {
+    // Goal: FINs that arrive in one read are applied together, but exactly as one by one: each
+    // failure gets its error in order, and all are applied before the next command runs.
+    // Method: three messages in flight; one write of FIN a, FIN of an unknown ID, FIN c, FIN a
+    // again, then a PUB whose OK must come after both errors.
+    let server = TestServer::start().await;
+    for body in [b"a", b"b", b"c"] {
+        server.publish("t", body).await;
+    }
+    let mut consumer = server.consumer("t", "c", 3).await;
+    let (a, b, c) = (consumer.message().await, consumer.message().await, consumer.message().await);
+    let unknown = b"00000000000000ff";
+    let mut batch = BytesMut::new();
+    for id in [&a.id, unknown, &c.id, &a.id] {
+        Command::Fin(id).encode(&mut batch);
+    }
+    Command::Pub { topic: "sync", body: b"." }.encode(&mut batch);
+    consumer.send(&batch).await;
+    consumer.expect_error("E_FIN_FAILED FIN 00000000000000ff failed ID not in flight").await;
+    let a_id = String::from_utf8_lossy(&a.id).into_owned();
+    consumer.expect_error(&format!("E_FIN_FAILED FIN {a_id} failed ID not in flight")).await;
+    consumer.expect_ok().await;
+    let channel = server.engine.get_topic("t").unwrap().get_channel("c").unwrap();
+    let stats = channel.stats();
+    assert_eq!((stats.in_flight_count, stats.depth), (1, 0), "only b is left, in flight");
+    consumer.command(Command::Fin(&b.id)).await;
+    consumer.sync().await;
+    assert_eq!(channel.stats().in_flight_count, 0);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_thousand_fins_in_one_write_all_apply() {
+    // Goal: more FINs in one read than are applied at once (256) are all applied, and the
+    // window they free is refilled. Method: 1,000 in flight, all FINs in one write, then the
+    // next 1,000 arrive and are finished the same way.
+    let server = TestServer::start().await;
+    let bodies: Vec<Vec<u8>> = (0..2_000u32).map(|i| i.to_string().into_bytes()).collect();
+    let refs: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
+    let mut publisher = server.connect().await;
+    publisher.command(Command::Mpub { topic: "t", bodies: &refs }).await;
+    publisher.expect_ok().await;
+    let mut consumer = server.consumer("t", "c", 1_000).await;
+    let channel = server.engine.get_topic("t").unwrap().get_channel("c").unwrap();
+    for round in 0..2 {
+        let mut batch = BytesMut::new();
+        for i in 0..1_000 {
+            let message = consumer.message().await;
+            assert_eq!(message.body, bodies[round * 1_000 + i]);
+            Command::Fin(&message.id).encode(&mut batch);
+        }
+        consumer.send(&batch).await;
+    }
+    consumer.sync().await;
+    let stats = channel.stats();
+    assert_eq!((stats.in_flight_count, stats.depth), (0, 0));
     server.stop().await;
 }
 

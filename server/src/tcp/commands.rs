@@ -358,15 +358,19 @@ impl Connection {
         self.consumer.clone().ok_or_else(|| invalid(format!("cannot {name} in current state")))
     }
 
-    fn message_failed(code: ErrorCode, name: &str, id: &[u8], e: MessageError) -> Failure {
-        error(code, format!("{name} {} failed {e}", text(id)))
+    pub(crate) fn message_failed(
+        code: ErrorCode,
+        name: &str,
+        id: &[u8],
+        e: MessageError,
+    ) -> ProtocolError {
+        ProtocolError::new(code, format!("{name} {} failed {e}", text(id)))
     }
 
+    /// FIN: queued, and applied with the FINs right behind it (see `Connection::fins`).
     fn fin(&mut self, id: &[u8; MESSAGE_ID_LEN]) -> Reply {
-        self.subscribed("FIN")?
-            .finish(id)
-            .map_err(|e| Self::message_failed(ErrorCode::FinFailed, "FIN", id, e))?;
-        self.wake.notify_one();
+        self.subscribed("FIN")?;
+        self.fins.push(*id);
         Ok(None)
     }
 

@@ -28,6 +28,8 @@ use crate::options::{DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_OUTPUT_BUFFER_SIZE};
 
 /// How long a new connection may take to send the protocol magic.
 const MAGIC_TIMEOUT: Duration = Duration::from_secs(60);
+/// The most FINs applied together (see [`Connection::fins`]).
+const MAX_PENDING_FINS: usize = 256;
 /// How long a closing connection waits for its client to take what is still buffered.
 const FINAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -80,6 +82,9 @@ pub(crate) struct Connection {
     pub(crate) tls: Option<crate::tls::Session>,
     /// The secret of the last AUTH, and what the auth server answered.
     pub(crate) auth_secret: String,
+    /// FINs read but not yet applied: consecutive FINs already in the read buffer are applied
+    /// together, under one lock of the channel, before anything else is read or run.
+    pub(crate) fins: Vec<[u8; protocol::MESSAGE_ID_LEN]>,
     pub(crate) auth: Option<AuthState>,
 }
 
@@ -151,6 +156,7 @@ pub(crate) async fn serve(
         tls: None,
         auth_secret: String::new(),
         auth: None,
+        fins: Vec::new(),
     };
     let outcome = tokio::select! {
         () = exit.cancelled() => Ok(()),
@@ -177,6 +183,9 @@ impl Connection {
     /// The command loop. `Ok` when the client closed the connection or a fatal error was sent.
     async fn run(&mut self) -> Result<(), Stop> {
         loop {
+            if !self.fins.is_empty() && !self.fin_is_next() && !self.apply_fins().await? {
+                return Ok(());
+            }
             self.deadline = self.settings.heartbeat_interval.map(|h| Instant::now() + 2 * h);
             let Some(line) = self.read_line().await? else { return Ok(()) };
             let line = protocol::command::trim_line(&line);
@@ -192,15 +201,52 @@ impl Connection {
                 }
                 Ok(None) => {}
                 Err(Failure::Protocol(error)) => {
-                    tracing::error!("[{}] - {error}", self.client.remote);
-                    self.writer.lock().await.send(FrameType::Error, &error.to_bytes()).await?;
-                    if error.is_fatal() {
+                    if !self.report(error).await? {
                         return Ok(());
                     }
                 }
                 Err(Failure::Stop(stop)) => return Err(stop),
             }
         }
+    }
+
+    /// Whether the read buffer starts with another whole `FIN <id>\n` that can join the FINs
+    /// waiting to be applied.
+    fn fin_is_next(&self) -> bool {
+        const LEN: usize = b"FIN \n".len() + protocol::MESSAGE_ID_LEN;
+        let buffered = self.reader.buffer();
+        self.fins.len() < MAX_PENDING_FINS
+            && buffered.len() >= LEN
+            && buffered.starts_with(b"FIN ")
+            && buffered[LEN - 1] == b'\n'
+    }
+
+    /// Applies the FINs read so far, sending an error for each that fails, in order. Returns
+    /// false if one of those errors is fatal and the connection must close.
+    async fn apply_fins(&mut self) -> Result<bool, Stop> {
+        let fins = std::mem::take(&mut self.fins);
+        let mut errors = Vec::new();
+        if let Some(consumer) = &self.consumer {
+            consumer.finish_all(&fins, |index, error| {
+                errors.push(Self::message_failed(ErrorCode::FinFailed, "FIN", &fins[index], error));
+            });
+        }
+        self.fins = fins;
+        self.fins.clear();
+        self.wake.notify_one();
+        for error in errors {
+            if !self.report(error).await? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Sends a command's error to the client. Returns false if it is fatal.
+    async fn report(&mut self, error: ProtocolError) -> Result<bool, Stop> {
+        tracing::error!("[{}] - {error}", self.client.remote);
+        self.writer.lock().await.send(FrameType::Error, &error.to_bytes()).await?;
+        Ok(!error.is_fatal())
     }
 
     /// When the current command must have arrived, and how long that was.

@@ -15,6 +15,10 @@ use tokio_util::sync::CancellationToken;
 use super::parse::Settings;
 use super::writer::Writer;
 
+/// The most messages taken from the channel under one lock: enough to make the lock cheap per
+/// message, few enough that FINs from the reader side do not wait long for it.
+const BATCH: usize = 64;
+
 /// What the reader tells the pump.
 #[derive(Debug)]
 pub(crate) enum PumpEvent {
@@ -80,22 +84,27 @@ async fn pump(
     let mut consumer: Option<Arc<Consumer>> = None;
     let mut listener: Option<ChangeListener> = None;
     let mut flushed = true;
+    let mut batch = Vec::with_capacity(BATCH);
     loop {
         if let Some(consumer) = &consumer {
-            match consumer.next_message() {
-                Ok(Some(delivery)) => {
-                    let sampled_out =
-                        settings.sample_rate > 0 && fastrand::i32(0..100) > settings.sample_rate;
-                    if sampled_out {
-                        // NSQ drops a message sampled out for this connection's channel.
-                        let _ = consumer.finish(&delivery.id);
-                    } else {
-                        writer.lock().await.send_message(&delivery).await?;
-                        flushed = false;
+            batch.clear();
+            match consumer.next_messages(BATCH, &mut batch) {
+                Ok(0) => {}
+                Ok(_) => {
+                    let mut writer = writer.lock().await;
+                    for delivery in &batch {
+                        let sampled_out = settings.sample_rate > 0
+                            && fastrand::i32(0..100) > settings.sample_rate;
+                        if sampled_out {
+                            // NSQ drops a message sampled out for this connection's channel.
+                            let _ = consumer.finish(&delivery.id);
+                        } else {
+                            writer.send_message(delivery).await?;
+                            flushed = false;
+                        }
                     }
                     continue;
                 }
-                Ok(None) => {}
                 Err(EngineError::Exiting(_)) => return Err(PumpError::ChannelGone),
                 Err(error) => return Err(PumpError::Engine(error)),
             }
