@@ -128,7 +128,7 @@ impl Nsqd {
             let messages: Vec<&[u8]> = ranges.iter().map(|r| &body[r.clone()]).collect();
             topic.publish(&messages, defer).map(|_| ())
         };
-        if self.options.mem_queue_size == 0 { blocking(publish).await } else { publish() }
+        if self.options.mem_queue_size == 0 { blocking_here(publish).await } else { publish() }
     }
 
     /// Builds what the options ask for before anything is opened or bound: the TLS
@@ -285,6 +285,18 @@ impl RunningNsqd {
         let engine = Arc::clone(&self.nsqd.engine);
         tokio::task::spawn_blocking(move || engine.close()).await??;
         Ok(())
+    }
+}
+
+/// Runs engine work that may wait for the disk without holding up other tasks, on this thread
+/// when the runtime allows it (`block_in_place`: no hand-over to another thread and back, which
+/// is most of the cost of a short write), else on tokio's blocking threads.
+pub(crate) async fn blocking_here<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, EngineError> + Send + 'static,
+) -> Result<T, EngineError> {
+    match tokio::runtime::Handle::current().runtime_flavor() {
+        tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(work),
+        _ => blocking(work).await,
     }
 }
 
