@@ -48,6 +48,7 @@ impl Cursor {
         };
         let pos = start.map_or(FIRST_RECORD_POS, |entry| entry.pos);
         let mut scanner = Scanner::new(file, pos, segment.written_len(), segment.first_offset);
+        scanner.set_chunk_bytes(super::scan::READER_CHUNK_BYTES);
         scanner.set_last_offset(start.and_then(|entry| entry.offset.checked_sub(1)));
         scanner.set_offset_limit(offset_limit);
         Ok(Some(Self { segment, scanner }))

@@ -24,7 +24,10 @@
 //! min-heaps hold them; an entry counts only while it matches the message's current deadline.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
+
+// Offsets are sequential integers chosen by the log, not by clients: a fast hash suits them.
+use rustc_hash::FxHashMap as HashMap;
 
 use crate::log::{LogError, LogReader, Record, TopicLog};
 use crate::meta::{ChannelRecord, DeferredRecord};
@@ -65,6 +68,8 @@ struct InFlight {
     deadline_ns: i64,
     delivered_ns: i64,
     timestamp_ns: i64,
+    /// Deliveries so far, this one included (kept here, not in `attempts`, while in flight).
+    attempts: u16,
 }
 
 /// A consumer as its channel sees it.
@@ -117,7 +122,8 @@ pub(crate) struct ChannelState {
     in_flight_times: TimeHeap,
     deferred: HashMap<u64, i64>,
     deferred_times: TimeHeap,
-    /// Delivery attempts of unfinished messages that were delivered at least once.
+    /// Delivery attempts of unfinished messages that were delivered at least once and are not
+    /// in flight (an in-flight message carries its count in `in_flight`).
     attempts: HashMap<u64, u16>,
     /// Deferred entries changed since the last checkpoint.
     deferred_dirty: HashMap<u64, ()>,
@@ -139,16 +145,16 @@ impl ChannelState {
             next_read: start,
             finished: RangeSet::default(),
             requeued: RangeSet::default(),
-            in_flight: HashMap::new(),
+            in_flight: HashMap::default(),
             in_flight_times: TimeHeap::new(),
-            deferred: HashMap::new(),
+            deferred: HashMap::default(),
             deferred_times: TimeHeap::new(),
-            attempts: HashMap::new(),
-            deferred_dirty: HashMap::new(),
+            attempts: HashMap::default(),
+            deferred_dirty: HashMap::default(),
             deferred_cleared: false,
             reader: None,
             held: None,
-            consumers: HashMap::new(),
+            consumers: HashMap::default(),
             paused: false,
             counters: Counters::default(),
         }
@@ -264,15 +270,14 @@ impl ChannelState {
             }
         };
         let offset = record.offset;
-        let attempts = self.attempts.entry(offset).or_insert(0);
-        *attempts = attempts.saturating_add(1);
-        let attempts = *attempts;
+        let attempts = self.attempts.remove(&offset).unwrap_or(0).saturating_add(1);
         let deadline_ns = now_ns.saturating_add(msg_timeout_ns);
         let flight = InFlight {
             consumer,
             deadline_ns,
             delivered_ns: now_ns,
             timestamp_ns: record.timestamp_ns,
+            attempts,
         };
         self.in_flight.insert(offset, flight);
         self.in_flight_times.push(Reverse((deadline_ns, offset)));
@@ -368,7 +373,6 @@ impl ChannelState {
         if let Some(state) = self.consumers.get_mut(&consumer) {
             state.finish_count += 1;
         }
-        self.attempts.remove(&offset);
         self.mark_finished(offset);
         Ok(now_ns.saturating_sub(flight.timestamp_ns))
     }
@@ -389,7 +393,8 @@ impl ChannelState {
                 None => Err(MessageError::NotInFlight),
             };
         }
-        self.take_in_flight(consumer, offset)?;
+        let flight = self.take_in_flight(consumer, offset)?;
+        self.attempts.insert(offset, flight.attempts);
         if let Some(state) = self.consumers.get_mut(&consumer) {
             state.requeue_count += 1;
         }
@@ -439,8 +444,9 @@ impl ChannelState {
             if flight.deadline_ns != deadline_ns {
                 continue;
             }
-            let consumer = flight.consumer;
+            let (consumer, attempts) = (flight.consumer, flight.attempts);
             self.in_flight.remove(&offset);
+            self.attempts.insert(offset, attempts);
             if let Some(state) = self.consumers.get_mut(&consumer) {
                 state.in_flight = state.in_flight.saturating_sub(1);
                 state.timeout_count += 1;
@@ -497,7 +503,9 @@ impl ChannelState {
         let owned: Vec<u64> =
             self.in_flight.iter().filter(|(_, f)| f.consumer == id).map(|(&o, _)| o).collect();
         for &offset in &owned {
-            self.in_flight.remove(&offset);
+            if let Some(flight) = self.in_flight.remove(&offset) {
+                self.attempts.insert(offset, flight.attempts);
+            }
             self.requeued.insert(offset);
         }
         owned.len() as u64
@@ -556,6 +564,12 @@ impl ChannelState {
             .iter()
             .filter(|(o, _)| **o < next_read && !self.deferred.contains_key(o))
             .map(|(&o, &a)| (o, a))
+            .chain(
+                self.in_flight
+                    .iter()
+                    .filter(|(o, _)| **o < next_read)
+                    .map(|(&o, f)| (o, f.attempts)),
+            )
             .collect();
         attempts.sort_unstable();
         let mut deferred = Vec::new();
