@@ -90,6 +90,8 @@ pub struct Nsqd {
     /// IDs here are log offsets and do not need it).
     pub(crate) node_id: i64,
     pub(crate) log: LogControl,
+    /// Publishes writing on their own worker thread now (see [`Nsqd::publish`]).
+    inline_publishes: std::sync::atomic::AtomicUsize,
 }
 
 impl Nsqd {
@@ -128,7 +130,23 @@ impl Nsqd {
             let messages: Vec<&[u8]> = ranges.iter().map(|r| &body[r.clone()]).collect();
             topic.publish(&messages, defer).map(|_| ())
         };
-        if self.options.mem_queue_size == 0 { blocking_here(publish).await } else { publish() }
+        if self.options.mem_queue_size != 0 {
+            return publish();
+        }
+        // One publish at a time writes on its own worker thread: alone, its write is short and
+        // a hand-over to a blocking thread and back would be most of its cost. Concurrent ones
+        // go to the blocking threads, where they wait for each other's rounds of the log
+        // without taking worker threads (`block_in_place` moves the worker's other tasks to a
+        // new thread each time, which costs more than it saves once publishes overlap).
+        let inline = &self.inline_publishes;
+        if inline.fetch_add(1, std::sync::atomic::Ordering::AcqRel) == 0 {
+            let outcome = blocking_here(publish).await;
+            inline.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            outcome
+        } else {
+            inline.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            blocking(publish).await
+        }
     }
 
     /// Builds what the options ask for before anything is opened or bound: the TLS
@@ -216,6 +234,7 @@ impl Prepared {
             lookup,
             node_id,
             log,
+            inline_publishes: std::sync::atomic::AtomicUsize::new(0),
         });
         let observer = Arc::downgrade(&nsqd);
         nsqd.engine.observe(Arc::new(move |change: &engine::changes::Change| {
