@@ -380,16 +380,9 @@ impl Consumer {
     /// The next message for this consumer, if it is ready and one is due. The message is in
     /// flight until FIN, REQ, or its deadline.
     pub fn next_message(&self) -> Result<Option<Delivery>, EngineError> {
-        let channel = &self.channel;
-        if channel.is_deleted() {
-            return Err(EngineError::Exiting(format!("channel {}", channel.name)));
-        }
-        let now_ns = channel.ctx.clock.now_ns();
-        let read_limit = channel.core.read_limit();
-        let mut inner = channel.inner();
-        let delivery = inner.queue.deliver(&channel.core.log, read_limit, self.id, now_ns)?;
-        channel.reschedule(&mut inner);
-        Ok(delivery)
+        let mut out = Vec::with_capacity(1);
+        self.next_messages(1, &mut out)?;
+        Ok(out.pop())
     }
 
     /// Up to `max` messages for this consumer, as [`Consumer::next_message`] would hand them
