@@ -224,14 +224,13 @@ impl Connection {
     /// Applies the FINs read so far, sending an error for each that fails, in order. Returns
     /// false if one of those errors is fatal and the connection must close.
     async fn apply_fins(&mut self) -> Result<bool, Stop> {
-        let fins = std::mem::take(&mut self.fins);
         let mut errors = Vec::new();
         if let Some(consumer) = &self.consumer {
-            consumer.finish_all(&fins, |index, error| {
+            let fins = &self.fins;
+            consumer.finish_all(fins, |index, error| {
                 errors.push(Self::message_failed(ErrorCode::FinFailed, "FIN", &fins[index], error));
             });
         }
-        self.fins = fins;
         self.fins.clear();
         self.wake.notify_one();
         for error in errors {
