@@ -25,6 +25,7 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::num::NonZeroU16;
 
 // Offsets are sequential integers chosen by the log, not by clients: a fast hash suits them.
 use rustc_hash::FxHashMap as HashMap;
@@ -32,6 +33,7 @@ use rustc_hash::FxHashMap as HashMap;
 use crate::log::{LogError, LogReader, Record, TopicLog};
 use crate::meta::{ChannelRecord, DeferredRecord};
 
+use super::flights::Flights;
 use super::ranges::RangeSet;
 
 /// Identifies a consumer within its channel.
@@ -69,7 +71,8 @@ struct InFlight {
     delivered_ns: i64,
     timestamp_ns: i64,
     /// Deliveries so far, this one included (kept here, not in `attempts`, while in flight).
-    attempts: u16,
+    /// Never zero, which lets an empty slot of [`Flights`] cost nothing.
+    attempts: NonZeroU16,
 }
 
 /// A consumer as its channel sees it.
@@ -118,7 +121,7 @@ pub(crate) struct ChannelState {
     next_read: u64,
     finished: RangeSet,
     requeued: RangeSet,
-    in_flight: HashMap<u64, InFlight>,
+    in_flight: Flights<InFlight>,
     in_flight_times: TimeHeap,
     deferred: HashMap<u64, i64>,
     deferred_times: TimeHeap,
@@ -145,7 +148,7 @@ impl ChannelState {
             next_read: start,
             finished: RangeSet::default(),
             requeued: RangeSet::default(),
-            in_flight: HashMap::default(),
+            in_flight: Flights::default(),
             in_flight_times: TimeHeap::new(),
             deferred: HashMap::default(),
             deferred_times: TimeHeap::new(),
@@ -270,7 +273,7 @@ impl ChannelState {
             }
         };
         let offset = record.offset;
-        let attempts = self.attempts.remove(&offset).unwrap_or(0).saturating_add(1);
+        let attempts = NonZeroU16::MIN.saturating_add(self.attempts.remove(&offset).unwrap_or(0));
         let deadline_ns = now_ns.saturating_add(msg_timeout_ns);
         let flight = InFlight {
             consumer,
@@ -289,7 +292,7 @@ impl ChannelState {
             offset,
             id: crate::message_id::message_id(offset),
             timestamp_ns: record.timestamp_ns,
-            attempts,
+            attempts: attempts.get(),
             body: record.body,
         }))
     }
@@ -349,14 +352,15 @@ impl ChannelState {
         consumer: ConsumerId,
         offset: u64,
     ) -> Result<InFlight, MessageError> {
-        match self.in_flight.get(&offset) {
+        match self.in_flight.get(offset) {
             None => Err(MessageError::NotInFlight),
             Some(flight) if flight.consumer != consumer => Err(MessageError::NotOwner),
             Some(_) => {
-                let flight = self.in_flight.remove(&offset).ok_or(MessageError::NotInFlight)?;
+                let flight = self.in_flight.remove(offset).ok_or(MessageError::NotInFlight)?;
                 if let Some(state) = self.consumers.get_mut(&consumer) {
                     state.in_flight = state.in_flight.saturating_sub(1);
                 }
+                self.compact_times();
                 Ok(flight)
             }
         }
@@ -387,14 +391,14 @@ impl ChannelState {
     ) -> Result<(), MessageError> {
         if delay_ns > 0 && self.deferred.len() as u64 >= self.limits.max_deferred {
             // Checked first: a refused REQ leaves the message in flight.
-            return match self.in_flight.get(&offset) {
+            return match self.in_flight.get(offset) {
                 Some(flight) if flight.consumer == consumer => Err(MessageError::DeferredFull),
                 Some(_) => Err(MessageError::NotOwner),
                 None => Err(MessageError::NotInFlight),
             };
         }
         let flight = self.take_in_flight(consumer, offset)?;
-        self.attempts.insert(offset, flight.attempts);
+        self.attempts.insert(offset, flight.attempts.get());
         if let Some(state) = self.consumers.get_mut(&consumer) {
             state.requeue_count += 1;
         }
@@ -417,7 +421,7 @@ impl ChannelState {
     ) -> Result<(), MessageError> {
         let msg_timeout_ns = self.consumers.get(&consumer).map_or(0, |c| c.msg_timeout_ns);
         let max_msg_timeout_ns = self.limits.max_msg_timeout_ns;
-        let flight = match self.in_flight.get_mut(&offset) {
+        let flight = match self.in_flight.get_mut(offset) {
             None => return Err(MessageError::NotInFlight),
             Some(flight) if flight.consumer != consumer => return Err(MessageError::NotOwner),
             Some(flight) => flight,
@@ -440,13 +444,13 @@ impl ChannelState {
                 break;
             }
             self.in_flight_times.pop();
-            let Some(flight) = self.in_flight.get(&offset) else { continue };
+            let Some(flight) = self.in_flight.get(offset) else { continue };
             if flight.deadline_ns != deadline_ns {
                 continue;
             }
             let (consumer, attempts) = (flight.consumer, flight.attempts);
-            self.in_flight.remove(&offset);
-            self.attempts.insert(offset, attempts);
+            self.in_flight.remove(offset);
+            self.attempts.insert(offset, attempts.get());
             if let Some(state) = self.consumers.get_mut(&consumer) {
                 state.in_flight = state.in_flight.saturating_sub(1);
                 state.timeout_count += 1;
@@ -474,7 +478,7 @@ impl ChannelState {
     /// The earliest deadline or due time, if any.
     pub(crate) fn next_timer_ns(&mut self) -> Option<i64> {
         while let Some(&Reverse((deadline_ns, offset))) = self.in_flight_times.peek() {
-            if self.in_flight.get(&offset).is_some_and(|f| f.deadline_ns == deadline_ns) {
+            if self.in_flight.get(offset).is_some_and(|f| f.deadline_ns == deadline_ns) {
                 break;
             }
             self.in_flight_times.pop();
@@ -500,14 +504,12 @@ impl ChannelState {
     /// Removes a consumer; its in-flight messages are due again at once. Returns how many.
     pub(crate) fn remove_consumer(&mut self, id: ConsumerId) -> u64 {
         self.consumers.remove(&id);
-        let owned: Vec<u64> =
-            self.in_flight.iter().filter(|(_, f)| f.consumer == id).map(|(&o, _)| o).collect();
-        for &offset in &owned {
-            if let Some(flight) = self.in_flight.remove(&offset) {
-                self.attempts.insert(offset, flight.attempts);
-            }
+        let owned = self.in_flight.remove_where(|f| f.consumer == id);
+        for &(offset, flight) in &owned {
+            self.attempts.insert(offset, flight.attempts.get());
             self.requeued.insert(offset);
         }
+        self.compact_times();
         owned.len() as u64
     }
 
@@ -567,8 +569,8 @@ impl ChannelState {
             .chain(
                 self.in_flight
                     .iter()
-                    .filter(|(o, _)| **o < next_read)
-                    .map(|(&o, f)| (o, f.attempts)),
+                    .filter(|&(o, _)| o < next_read)
+                    .map(|(o, f)| (o, f.attempts.get())),
             )
             .collect();
         attempts.sort_unstable();
@@ -625,11 +627,13 @@ impl ChannelState {
         }
     }
 
-    /// Rebuilds the in-flight heap when stale entries (from TOUCH) outnumber live ones.
+    /// Rebuilds the in-flight heap when stale entries outnumber live ones: those of TOUCH, and
+    /// those of messages that left flight behind one that stays (they leave the top only after
+    /// it).
     fn compact_times(&mut self) {
         if self.in_flight_times.len() > 2 * self.in_flight.len() + 1024 {
             self.in_flight_times =
-                self.in_flight.iter().map(|(&o, f)| Reverse((f.deadline_ns, o))).collect();
+                self.in_flight.iter().map(|(o, f)| Reverse((f.deadline_ns, o))).collect();
         }
     }
 }
