@@ -33,8 +33,11 @@ pub(crate) struct Inner {
     /// The time this channel asked the engine's timer to fire it at.
     timer_registered: Option<i64>,
     next_consumer: ConsumerId,
-    /// The checkpoint written last, so that an unchanged channel is not written again.
-    last_written: Option<ChannelRecord>,
+    /// A fingerprint of the checkpoint written last, so that an unchanged channel is not written
+    /// again. Keeping the record itself held a copy of every in-flight message's attempt count.
+    /// Two records that share a fingerprint only make a checkpoint be skipped, which loses no
+    /// message: a crash then redelivers more.
+    last_written: Option<u64>,
 }
 
 /// A channel of a topic. Obtained from [`Topic::channel`].
@@ -218,13 +221,13 @@ impl Channel {
         let floor = snapshot.record.floor;
         let unchanged = !snapshot.clear_deferred
             && snapshot.deferred.is_empty()
-            && self.inner().last_written.as_ref() == Some(&snapshot.record);
+            && self.inner().last_written == Some(fingerprint(&snapshot.record));
         if unchanged {
             return Ok(floor);
         }
         match write_snapshot(meta, &self.core.name, &self.name, &snapshot) {
             Ok(()) => {
-                self.inner().last_written = Some(snapshot.record);
+                self.inner().last_written = Some(fingerprint(&snapshot.record));
                 Ok(floor)
             }
             Err(error) => {
@@ -521,6 +524,14 @@ impl Drop for Consumer {
 
 /// Writes one channel's snapshot: deferred entries first, then the channel record, so that a
 /// crash between them leaves deferred entries the record's floor and finished ranges filter.
+/// A 64-bit hash of a checkpoint.
+fn fingerprint(record: &ChannelRecord) -> u64 {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut hasher = DefaultHasher::new();
+    record.hash(&mut hasher);
+    hasher.finish()
+}
+
 fn write_snapshot(
     meta: &MetaStore,
     topic: &str,

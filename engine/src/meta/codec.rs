@@ -34,7 +34,7 @@ pub struct TopicRecord {
 
 /// A channel's checkpoint. Every offset in it is below the log's synced offset at the time it
 /// was written, so a crash never makes it refer to a record that is gone.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct ChannelRecord {
     pub paused: bool,
     /// Every offset below this is finished.

@@ -70,8 +70,14 @@ impl<V> Flights<V> {
             Err(_) if self.outliers.contains_key(&offset) => {
                 self.outliers.insert(offset, value);
             }
-            Err(i) if i == self.window.len() => self.window.push_back((offset, Some(value))),
-            Err(0) => self.window.push_front((offset, Some(value))),
+            Err(i) if i == self.window.len() => {
+                self.make_room();
+                self.window.push_back((offset, Some(value)));
+            }
+            Err(0) => {
+                self.make_room();
+                self.window.push_front((offset, Some(value)));
+            }
             Err(_) => {
                 self.outliers.insert(offset, value);
             }
@@ -111,6 +117,14 @@ impl<V> Flights<V> {
     /// Removes every entry and gives back the memory.
     pub(crate) fn clear(&mut self) {
         *self = Self::default();
+    }
+
+    /// Grows a full window by a quarter, not the doubling a push would do: a channel's window
+    /// sits at about its consumers' RDY, and doubling would leave up to half of it unused.
+    fn make_room(&mut self) {
+        if self.window.len() == self.window.capacity() {
+            self.window.reserve_exact(self.window.len() / 4 + SLACK);
+        }
     }
 
     /// Drops empty slots at the ends, and all of them once they outnumber the full ones; gives
@@ -161,6 +175,12 @@ mod tests {
         assert_eq!(flights.len(), 2_500);
         assert_eq!(flights.slots(), 2_500);
         assert!(flights.outliers.is_empty());
+        // Grown by quarters: well short of the 4,096 slots doubling would have reached.
+        assert!(
+            flights.window.capacity() <= 2_500 + 2_500 / 4 + SLACK,
+            "{}",
+            flights.window.capacity()
+        );
     }
 
     #[test]
