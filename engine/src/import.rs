@@ -452,6 +452,7 @@ impl ChannelSection {
                 next_read: topic_start,
                 finished: Vec::new(),
                 attempts: Vec::new(),
+                once: Vec::new(),
             };
         }
         let next_read = if last {
@@ -467,6 +468,7 @@ impl ChannelSection {
             next_read,
             finished,
             attempts: self.attempts.clone(),
+            once: Vec::new(),
         }
     }
 }

@@ -103,6 +103,46 @@ fn dpub_stays_deferred_across_a_crash() {
 }
 
 #[test]
+fn a_checkpoint_keeps_first_deliveries_as_ranges_and_a_crash_keeps_every_count() {
+    // Goal: messages delivered once, nearly all in flight, cost one range in the checkpoint,
+    // and after a crash every unfinished message still has its count: 1 (in a range), 3 (listed)
+    // and 0 (a DPUB come due, never delivered: in neither). Method: bring messages to each
+    // count, checkpoint, read the stored record, crash, reopen, consume.
+    let h = Harness::new();
+    {
+        let engine = h.open();
+        let topic = engine.topic("t").unwrap();
+        let channel = topic.channel("c").unwrap();
+        let due = topic.publish(&[b"due"], Duration::from_secs(10)).unwrap().start;
+        let once = publish(&topic, &["once-a", "once-b"]);
+        let thrice = publish(&topic, &["thrice"]).start;
+        let c = consumer(&channel, 10);
+        assert_eq!(texts(&take_all(&c)), ["once-a", "once-b", "thrice"]);
+        for _ in 0..2 {
+            c.requeue(&engine::message_id::message_id(thrice), Duration::ZERO).unwrap();
+            assert_eq!(texts(&take_all(&c)), ["thrice"]);
+        }
+        h.advance(Duration::from_secs(10));
+        engine.fire_timers();
+        engine.checkpoint().unwrap();
+        let meta = engine::meta::MetaStore::in_memory(std::sync::Arc::clone(&h.meta));
+        let channels = meta.channels("t").unwrap();
+        let record = channels[0].1.as_ref().unwrap();
+        assert_eq!(record.attempts, [(thrice, 3)]);
+        assert_eq!(record.once, [(once.start, once.end)]);
+        assert_eq!(record.attempts_of(due), 0);
+        h.crash(engine);
+    }
+    let engine = h.open();
+    let channel = engine.get_topic("t").unwrap().get_channel("c").unwrap();
+    let c = consumer(&channel, 10);
+    let got = take_all(&c);
+    let counts: Vec<(String, u16)> = got.iter().map(|d| (text(d), d.attempts)).collect();
+    let expected = [("due", 1), ("once-a", 2), ("once-b", 2), ("thrice", 4)];
+    assert_eq!(counts, expected.map(|(t, a)| (t.to_owned(), a)));
+}
+
+#[test]
 fn checkpoints_never_refer_to_records_a_power_loss_can_take() {
     // Goal: a checkpoint is limited to synced offsets, so records lost to a power loss are not
     // marked finished and their offsets, reused, are delivered. Method: lazy fsync; write and

@@ -56,8 +56,8 @@ pub(crate) fn run(args: DumpArgs) -> anyhow::Result<ExitCode> {
         bail!("no topic {:?} in {}", args.topic, args.data_dir.display());
     }
     let views = match &args.channel {
-        Some(channel) => channel_views(&args, channel)?,
-        None => BTreeMap::new(),
+        Some(channel) => Some(channel_views(&args, channel)?),
+        None => None,
     };
     let storage = FsStorage;
     let listing =
@@ -96,10 +96,7 @@ pub(crate) fn run(args: DumpArgs) -> anyhow::Result<ExitCode> {
                 continue;
             }
             left -= 1;
-            let view = args
-                .channel
-                .as_ref()
-                .map(|_| views.get(&record.offset).copied().unwrap_or_default());
+            let view = views.as_ref().map(|views| views.of(record.offset));
             let body = render_body(&record.body, args.body);
             if args.json {
                 let value = json!({
@@ -147,8 +144,24 @@ fn time(ns: i64) -> String {
     humantime::format_rfc3339_nanos(at).to_string()
 }
 
+/// A channel's checkpoint, read for the records' views.
+struct ChannelViews {
+    record: engine::meta::ChannelRecord,
+    /// The deferred messages.
+    listed: BTreeMap<u64, ChannelView>,
+}
+
+impl ChannelViews {
+    fn of(&self, offset: u64) -> ChannelView {
+        self.listed.get(&offset).copied().unwrap_or_else(|| ChannelView {
+            attempts: self.record.attempts_of(offset),
+            due_ns: None,
+        })
+    }
+}
+
 /// Attempts and deferred due times of `channel`, from a copy of the store.
-fn channel_views(args: &DumpArgs, channel: &str) -> anyhow::Result<BTreeMap<u64, ChannelView>> {
+fn channel_views(args: &DumpArgs, channel: &str) -> anyhow::Result<ChannelViews> {
     let meta_dir = args.data_dir.join(engine::META_DIR_NAME);
     let audit = engine::check::audit_copy(&meta_dir).map_err(anyhow::Error::msg)?;
     let key = (args.topic.clone(), channel.to_owned());
@@ -157,17 +170,14 @@ fn channel_views(args: &DumpArgs, channel: &str) -> anyhow::Result<BTreeMap<u64,
         Some(Err(reason)) => bail!("the checkpoint of channel {channel:?} is damaged: {reason}"),
         None => bail!("no channel {channel:?} in topic {:?}", args.topic),
     };
-    let mut views = BTreeMap::new();
-    for (offset, attempts) in record.attempts {
-        views.insert(offset, ChannelView { attempts, due_ns: None });
-    }
+    let mut listed = BTreeMap::new();
     if let Some(deferred) = audit.deferred.get(&key) {
         for (offset, entry) in &deferred.entries {
-            views.insert(
+            listed.insert(
                 *offset,
                 ChannelView { attempts: entry.attempts, due_ns: Some(entry.due_ns) },
             );
         }
     }
-    Ok(views)
+    Ok(ChannelViews { record, listed })
 }

@@ -105,8 +105,18 @@ fn checkpoint_value() -> Seeds {
         floor: 7,
         next_read: 100,
         finished: vec![(9, 20), (30, 31)],
-        attempts: vec![(8, 3), (25, 1)],
+        attempts: vec![(8, 3), (25, 2)],
+        once: vec![(21, 25), (40, 99)],
     });
+    // The version 1 layout, still read.
+    let v1 = engine::meta::codec::ChannelRecordV1 {
+        paused: false,
+        floor: 7,
+        next_read: 100,
+        finished: vec![(9, 20)],
+        attempts: vec![(8, 3), (25, 1)],
+    };
+    let v1 = engine::meta::codec::encode(&v1).expect("encoding a record");
     let topic = MetaValue::Topic(TopicRecord { paused_at: Some(5), orphan_floor: 3 });
     let deferred =
         MetaValue::Deferred(DeferredRecord { due_ns: 1_767_225_600_000_000_000, attempts: 2 });
@@ -117,6 +127,8 @@ fn checkpoint_value() -> Seeds {
         ("channel", with_mode(1, &channel)),
         ("deferred", with_mode(2, &deferred)),
         ("channel-archive", with_mode(4 | 1, &channel[5..])),
+        ("channel-v1", with_mode(1, &v1)),
+        ("channel-v1-archive", with_mode(16 | 4 | 1, &v1[5..])),
         ("any-tree", with_mode(3, &channel)),
         (
             "built-channel",

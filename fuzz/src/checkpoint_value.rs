@@ -3,16 +3,17 @@
 //!
 //! Input: a mode byte, then the bytes. Mode bits 0-1 pick the tree (topics, channels, deferred;
 //! 3 tries all three). Bit 2 wraps the bytes in a correct version byte and checksum, so they
-//! reach rkyv's validation. Bit 3 builds a real record of the tree from the bytes instead,
-//! encodes it, then changes one byte of the archive and reseals the checksum: a damaged archive
-//! that passes every check before validation. Checked:
+//! reach rkyv's validation; with bit 4 too, the version byte is 1, the older channel layout.
+//! Bit 3 builds a real record of the tree from the bytes instead, encodes it, then changes one
+//! byte of the archive and reseals the checksum: a damaged archive that passes every check
+//! before validation. Checked:
 //! - decoding returns a record or [`MetaError::Corrupt`] for any bytes, never panics, and the
 //!   error renders;
 //! - a value that decodes re-encodes to one that decodes to the same record;
 //! - an undamaged encoding decodes to exactly the record encoded.
 
 use arbitrary::{Arbitrary, Unstructured};
-use engine::meta::codec::{MetaValue, decode_value};
+use engine::meta::codec::{MetaValue, decode_value, value_version};
 use engine::meta::{ChannelRecord, DeferredRecord, MetaError, TopicRecord, Tree};
 
 /// Longest input taken.
@@ -24,9 +25,9 @@ const TREES: [Tree; 3] = [Tree::Topics, Tree::Channels, Tree::Deferred];
 const KEY: &[u8] = b"topic\0channel";
 
 /// A version byte and checksum in front of `archive`, as the store writes them.
-fn sealed(archive: &[u8]) -> Vec<u8> {
+fn sealed(version: u8, archive: &[u8]) -> Vec<u8> {
     let mut value = Vec::with_capacity(5 + archive.len());
-    value.push(engine::meta::codec::META_VALUE_VERSION);
+    value.push(version);
     value.extend_from_slice(&crc32c::crc32c(archive).to_le_bytes());
     value.extend_from_slice(archive);
     value
@@ -58,6 +59,7 @@ fn built(tree: Tree, u: &mut Unstructured<'_>) -> arbitrary::Result<MetaValue> {
         Tree::Channels => {
             let finished_len = u.int_in_range(0..=MAX_LIST)?;
             let attempts_len = u.int_in_range(0..=MAX_LIST)?;
+            let once_len = u.int_in_range(0..=MAX_LIST)?;
             MetaValue::Channel(ChannelRecord {
                 paused: bool::arbitrary(u)?,
                 floor: u64::arbitrary(u)?,
@@ -67,6 +69,9 @@ fn built(tree: Tree, u: &mut Unstructured<'_>) -> arbitrary::Result<MetaValue> {
                     .collect::<arbitrary::Result<_>>()?,
                 attempts: (0..attempts_len)
                     .map(|_| Ok((u64::arbitrary(u)?, u16::arbitrary(u)?)))
+                    .collect::<arbitrary::Result<_>>()?,
+                once: (0..once_len)
+                    .map(|_| Ok((u64::arbitrary(u)?, u64::arbitrary(u)?)))
                     .collect::<arbitrary::Result<_>>()?,
             })
         }
@@ -89,6 +94,7 @@ pub fn run(data: &[u8]) {
         pick => &TREES[usize::from(pick)..=usize::from(pick)],
     };
     for &tree in trees {
+        let version = if mode & 16 != 0 { 1 } else { value_version(tree) };
         if mode & 8 != 0 {
             let mut u = Unstructured::new(bytes);
             let Ok(value) = built(tree, &mut u) else { continue };
@@ -101,10 +107,10 @@ pub fn run(data: &[u8]) {
             if !archive.is_empty() {
                 let at = usize::from(at) % archive.len();
                 archive[at] ^= xor;
-                check_decode(tree, &sealed(&archive));
+                check_decode(tree, &sealed(value_version(tree), &archive));
             }
         } else if mode & 4 != 0 {
-            check_decode(tree, &sealed(bytes));
+            check_decode(tree, &sealed(version, bytes));
         } else {
             check_decode(tree, bytes);
         }

@@ -352,6 +352,12 @@ fn plan_checkpoints(survey: &Survey, topic: &TopicSurvey, actions: &mut Vec<Repa
                 .filter(|(s, e)| s < e)
                 .collect();
             fixed.attempts.retain(|&(o, _)| o >= floor && o < next_read);
+            fixed.once = record
+                .once
+                .iter()
+                .map(|&(s, e)| (s.max(floor), e.min(next_read)))
+                .filter(|(s, e)| s < e)
+                .collect();
             actions.push(RepairAction::FixChannel {
                 topic: name.clone(),
                 channel: channel.name.clone(),

@@ -1,7 +1,7 @@
 //! The encoding of metadata values.
 //!
 //! ```text
-//! [0]     u8      version, 1
+//! [0]     u8      version: 1 for topic and deferred values, 2 for channel values (1 is read)
 //! [1..5)  u32 LE  CRC-32C (Castagnoli) of the bytes from 5 on
 //! [5..)           rkyv 0.8 archive of the record: little-endian, 32-bit relative pointers,
 //!                 aligned; validated with bytecheck before it is read
@@ -18,9 +18,32 @@ use rkyv::{Archive, Deserialize, Serialize};
 
 use super::{MetaError, Tree, corrupt};
 
-/// The version byte of every value written now.
+/// The version byte of topic and deferred values.
 pub const META_VALUE_VERSION: u8 = 1;
+/// The version byte of channel values written now: version 2 added [`ChannelRecord::once`].
+/// Version 1 values are still read.
+pub const CHANNEL_VALUE_VERSION: u8 = 2;
 const HEADER_LEN: usize = 5;
+
+/// The version byte of the values of `tree` written now.
+pub fn value_version(tree: Tree) -> u8 {
+    match tree {
+        Tree::Channels => CHANNEL_VALUE_VERSION,
+        Tree::Topics | Tree::Deferred => META_VALUE_VERSION,
+    }
+}
+
+/// A record of the store, with its version and how to read its older versions.
+pub trait MetaRecord: Archive + Sized {
+    const VERSION: u8;
+    /// The older versions [`MetaRecord::decode_older`] reads.
+    const OLDER_VERSIONS: &'static [u8] = &[];
+
+    /// Reads the archive of an older `version`; `None` when the type never had it.
+    fn decode_older(_version: u8, _archive: &[u8]) -> Option<Result<Self, rancor::Error>> {
+        None
+    }
+}
 
 /// A topic's persistent state.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
@@ -44,8 +67,61 @@ pub struct ChannelRecord {
     /// Finished ranges `[start, end)` above the floor; past `next_read` too, for messages
     /// dropped unread (`/topic/empty` on a paused topic).
     pub finished: Vec<(u64, u64)>,
-    /// Delivery attempts of unfinished messages (deferred ones keep theirs in the deferred tree).
+    /// Delivery attempts of unfinished messages delivered more than once, by offset (deferred
+    /// ones keep theirs in the deferred tree). Version 1 listed counts of 1 here too.
     pub attempts: Vec<(u64, u16)>,
+    /// Ranges `[start, end)` of unfinished messages delivered exactly once, in flight or due
+    /// again: nearly all in flight, and consecutive, so the record stays small however many
+    /// there are. An unfinished message in neither list was never delivered. (Version 2.)
+    pub once: Vec<(u64, u64)>,
+}
+
+impl ChannelRecord {
+    /// The delivery attempts the record gives a message that is not deferred.
+    pub fn attempts_of(&self, offset: u64) -> u16 {
+        // Both lists are sorted; a damaged record only gets a wrong answer here.
+        if let Ok(i) = self.attempts.binary_search_by_key(&offset, |&(o, _)| o) {
+            return self.attempts.get(i).map_or(0, |&(_, a)| a);
+        }
+        let after = self.once.partition_point(|&(start, _)| start <= offset);
+        let once = after > 0 && self.once.get(after - 1).is_some_and(|&(_, end)| offset < end);
+        u16::from(once)
+    }
+}
+
+impl MetaRecord for ChannelRecord {
+    const VERSION: u8 = CHANNEL_VALUE_VERSION;
+    const OLDER_VERSIONS: &'static [u8] = &[1];
+
+    fn decode_older(version: u8, archive: &[u8]) -> Option<Result<Self, rancor::Error>> {
+        (version == 1).then(|| {
+            let v1 = from_aligned::<ChannelRecordV1>(archive)?;
+            let ChannelRecordV1 { paused, floor, next_read, finished, attempts } = v1;
+            Ok(Self { paused, floor, next_read, finished, attempts, once: Vec::new() })
+        })
+    }
+}
+
+/// A channel's checkpoint as version 1 wrote it.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChannelRecordV1 {
+    pub paused: bool,
+    pub floor: u64,
+    pub next_read: u64,
+    pub finished: Vec<(u64, u64)>,
+    pub attempts: Vec<(u64, u16)>,
+}
+
+impl MetaRecord for ChannelRecordV1 {
+    const VERSION: u8 = 1;
+}
+
+impl MetaRecord for TopicRecord {
+    const VERSION: u8 = META_VALUE_VERSION;
+}
+
+impl MetaRecord for DeferredRecord {
+    const VERSION: u8 = META_VALUE_VERSION;
 }
 
 /// A deferred message of a channel: due again at `due_ns`.
@@ -95,16 +171,16 @@ pub fn decode_value(tree: Tree, key: &[u8], value: &[u8]) -> Result<MetaValue, M
     })
 }
 
-pub(crate) fn encode<T>(value: &T) -> Result<Vec<u8>, MetaError>
+pub fn encode<T>(value: &T) -> Result<Vec<u8>, MetaError>
 where
-    T: for<'a> Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>,
+    T: MetaRecord + for<'a> Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>,
 {
     let archive = rkyv::to_bytes::<rancor::Error>(value).map_err(|e| MetaError::Io {
         op: "encode",
         source: std::io::Error::other(e.to_string()),
     })?;
     let mut out = Vec::with_capacity(HEADER_LEN + archive.len());
-    out.push(META_VALUE_VERSION);
+    out.push(T::VERSION);
     out.extend_from_slice(&crc32c::crc32c(&archive).to_le_bytes());
     out.extend_from_slice(&archive);
     Ok(out)
@@ -112,24 +188,38 @@ where
 
 pub(crate) fn decode<T>(tree: Tree, key: &[u8], value: &[u8]) -> Result<T, MetaError>
 where
-    T: Archive,
+    T: MetaRecord,
     T::Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>
         + Deserialize<T, HighDeserializer<rancor::Error>>,
 {
     let Some((header, archive)) = value.split_at_checked(HEADER_LEN) else {
         return Err(corrupt(tree, key, format!("{} bytes is too short", value.len())));
     };
-    if header[0] != META_VALUE_VERSION {
-        return Err(corrupt(tree, key, format!("unknown version {}", header[0])));
+    let version = header[0];
+    if version != T::VERSION && !T::OLDER_VERSIONS.contains(&version) {
+        return Err(corrupt(tree, key, format!("unknown version {version}")));
     }
     let stored = u32::from_le_bytes([header[1], header[2], header[3], header[4]]);
     if crc32c::crc32c(archive) != stored {
         return Err(corrupt(tree, key, "checksum mismatch"));
     }
+    let result = match T::decode_older(version, archive) {
+        Some(older) if version != T::VERSION => older,
+        _ => from_aligned::<T>(archive),
+    };
+    result.map_err(|e| corrupt(tree, key, format!("invalid archive: {e}")))
+}
+
+/// Validates and reads an archive, copied first to the alignment rkyv needs.
+fn from_aligned<T>(archive: &[u8]) -> Result<T, rancor::Error>
+where
+    T: Archive,
+    T::Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>
+        + Deserialize<T, HighDeserializer<rancor::Error>>,
+{
     let mut aligned = AlignedVec::<16>::with_capacity(archive.len());
     aligned.extend_from_slice(archive);
     rkyv::from_bytes::<T, rancor::Error>(&aligned)
-        .map_err(|e| corrupt(tree, key, format!("invalid archive: {e}")))
 }
 
 #[cfg(test)]
@@ -142,8 +232,53 @@ mod tests {
             floor: 7,
             next_read: 100,
             finished: vec![(9, 20), (30, 31)],
-            attempts: vec![(8, 3), (25, 1)],
+            attempts: vec![(8, 3), (25, 2)],
+            once: vec![(21, 25), (40, 99)],
         }
+    }
+
+    #[test]
+    fn attempts_of_reads_both_lists() {
+        let record = sample();
+        let got: Vec<u16> =
+            [7, 8, 20, 21, 24, 25, 39, 40, 98, 99].map(|o| record.attempts_of(o)).into();
+        assert_eq!(got, [0, 3, 0, 1, 1, 2, 0, 1, 1, 0]);
+    }
+
+    #[test]
+    fn a_version_1_channel_value_is_read_with_its_counts() {
+        // Goal: checkpoints written before `once` existed still load, counts of 1 included.
+        // Method: encode the old layout under version 1, decode it as today's record.
+        let v1 = ChannelRecordV1 {
+            paused: true,
+            floor: 7,
+            next_read: 100,
+            finished: vec![(9, 20)],
+            attempts: vec![(8, 3), (25, 1)],
+        };
+        let bytes = encode(&v1).unwrap();
+        assert_eq!(bytes[0], 1);
+        let record = decode::<ChannelRecord>(Tree::Channels, b"k", &bytes).unwrap();
+        let expected = ChannelRecord {
+            paused: true,
+            floor: 7,
+            next_read: 100,
+            finished: vec![(9, 20)],
+            attempts: vec![(8, 3), (25, 1)],
+            once: Vec::new(),
+        };
+        assert_eq!(record, expected);
+        assert_eq!(record.attempts_of(25), 1);
+        // Today's values carry version 2; a version no one wrote is refused by name.
+        assert_eq!(encode(&expected).unwrap()[0], CHANNEL_VALUE_VERSION);
+        let mut unknown = bytes.clone();
+        unknown[0] = 3;
+        let error = decode::<ChannelRecord>(Tree::Channels, b"k", &unknown).unwrap_err();
+        assert!(error.to_string().contains("unknown version 3"), "{error}");
+        // A topic value has no older version: a 2 is unknown there.
+        let mut topic = encode(&TopicRecord::default()).unwrap();
+        topic[0] = 2;
+        assert!(decode::<TopicRecord>(Tree::Topics, b"k", &topic).is_err());
     }
 
     #[test]

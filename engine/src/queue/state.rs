@@ -202,6 +202,14 @@ impl ChannelState {
         for &offset in state.deferred.keys() {
             state.requeued.remove(offset);
         }
+        // Messages delivered once, as ranges; only those still due count.
+        for &(start, end) in &record.once {
+            for offset in start.max(floor)..end.min(next_read) {
+                if state.requeued.contains(offset) {
+                    state.attempts.entry(offset).or_insert(1);
+                }
+            }
+        }
         state.advance_floor();
         state
     }
@@ -561,19 +569,27 @@ impl ChannelState {
             .filter(|r| r.start < synced)
             .map(|r| (r.start, r.end.min(synced)))
             .collect();
-        let mut attempts: Vec<(u64, u16)> = self
+        // Counts of 1, nearly every message in flight, go in as ranges: the record stays small
+        // however many messages are in flight. Counts of 0 (never delivered) are left out.
+        let mut attempts = Vec::new();
+        let mut once = Vec::new();
+        let in_flight = self.in_flight.iter().map(|(o, f)| (o, f.attempts.get()));
+        let not_in_flight = self
             .attempts
             .iter()
-            .filter(|(o, _)| **o < next_read && !self.deferred.contains_key(o))
-            .map(|(&o, &a)| (o, a))
-            .chain(
-                self.in_flight
-                    .iter()
-                    .filter(|&(o, _)| o < next_read)
-                    .map(|(o, f)| (o, f.attempts.get())),
-            )
-            .collect();
+            .filter(|(o, _)| !self.deferred.contains_key(o))
+            .map(|(&o, &a)| (o, a));
+        for (offset, count) in in_flight.chain(not_in_flight) {
+            match count {
+                _ if offset >= next_read => {}
+                0 => {}
+                1 => once.push(offset),
+                _ => attempts.push((offset, count)),
+            }
+        }
         attempts.sort_unstable();
+        once.sort_unstable();
+        let once = consecutive_ranges(&once);
         let mut deferred = Vec::new();
         self.deferred_dirty.retain(|&offset, ()| {
             if offset >= next_read {
@@ -587,7 +603,8 @@ impl ChannelState {
             false
         });
         let clear_deferred = std::mem::take(&mut self.deferred_cleared);
-        let record = ChannelRecord { paused: self.paused, floor, next_read, finished, attempts };
+        let record =
+            ChannelRecord { paused: self.paused, floor, next_read, finished, attempts, once };
         Snapshot { record, clear_deferred, deferred }
     }
 
@@ -640,4 +657,16 @@ impl ChannelState {
             self.in_flight_times = BinaryHeap::from(times);
         }
     }
+}
+
+/// Sorted offsets as ranges `[start, end)` of consecutive ones.
+fn consecutive_ranges(sorted: &[u64]) -> Vec<(u64, u64)> {
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    for &offset in sorted {
+        match ranges.last_mut() {
+            Some((_, end)) if *end == offset => *end += 1,
+            _ => ranges.push((offset, offset + 1)),
+        }
+    }
+    ranges
 }
