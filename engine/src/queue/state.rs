@@ -270,8 +270,12 @@ impl ChannelState {
                         self.defer(offset, record.deliver_at_ns);
                     }
                     Some(record) => break record,
-                    // Gone: quarantined, or removed by a repair. Nothing is left to deliver.
-                    None => self.mark_finished(offset),
+                    // Gone: quarantined, or removed by a repair. Nothing is left to deliver,
+                    // and no count to keep.
+                    None => {
+                        self.attempts.remove(&offset);
+                        self.mark_finished(offset);
+                    }
                 }
             } else {
                 match self.read_next(log, read_limit, now_ns)? {
