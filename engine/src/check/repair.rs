@@ -345,19 +345,9 @@ fn plan_checkpoints(survey: &Survey, topic: &TopicSurvey, actions: &mut Vec<Repa
             let mut fixed = record.clone();
             fixed.floor = floor;
             fixed.next_read = next_read;
-            fixed.finished = record
-                .finished
-                .iter()
-                .map(|&(s, e)| (s.max(floor), e.min(end)))
-                .filter(|(s, e)| s < e)
-                .collect();
+            fixed.finished = clip_ranges(&record.finished, floor, end);
             fixed.attempts.retain(|&(o, _)| o >= floor && o < next_read);
-            fixed.once = record
-                .once
-                .iter()
-                .map(|&(s, e)| (s.max(floor), e.min(next_read)))
-                .filter(|(s, e)| s < e)
-                .collect();
+            fixed.once = clip_ranges(&record.once, floor, next_read);
             actions.push(RepairAction::FixChannel {
                 topic: name.clone(),
                 channel: channel.name.clone(),
@@ -543,4 +533,9 @@ fn damage_reason(kind: DamageKind) -> &'static str {
         DamageKind::DamagedLastRecord => "last record fails its checksum",
         DamageKind::DamagedTail => "no valid record to the end of the segment",
     }
+}
+
+/// Ranges `[start, end)` cut to `[low, high)`, the empty ones dropped.
+fn clip_ranges(ranges: &[(u64, u64)], low: u64, high: u64) -> Vec<(u64, u64)> {
+    ranges.iter().map(|&(s, e)| (s.max(low), e.min(high))).filter(|(s, e)| s < e).collect()
 }
