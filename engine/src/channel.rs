@@ -219,15 +219,16 @@ impl Channel {
     pub(crate) fn checkpoint(&self, meta: &MetaStore, synced: u64) -> Result<u64, EngineError> {
         let snapshot = self.inner().queue.snapshot(synced);
         let floor = snapshot.record.floor;
+        let written = fingerprint(&snapshot.record);
         let unchanged = !snapshot.clear_deferred
             && snapshot.deferred.is_empty()
-            && self.inner().last_written == Some(fingerprint(&snapshot.record));
+            && self.inner().last_written == Some(written);
         if unchanged {
             return Ok(floor);
         }
         match write_snapshot(meta, &self.core.name, &self.name, &snapshot) {
             Ok(()) => {
-                self.inner().last_written = Some(fingerprint(&snapshot.record));
+                self.inner().last_written = Some(written);
                 Ok(floor)
             }
             Err(error) => {
@@ -522,8 +523,6 @@ impl Drop for Consumer {
     }
 }
 
-/// Writes one channel's snapshot: deferred entries first, then the channel record, so that a
-/// crash between them leaves deferred entries the record's floor and finished ranges filter.
 /// A 64-bit hash of a checkpoint.
 fn fingerprint(record: &ChannelRecord) -> u64 {
     use std::hash::{DefaultHasher, Hash, Hasher};
@@ -532,6 +531,8 @@ fn fingerprint(record: &ChannelRecord) -> u64 {
     hasher.finish()
 }
 
+/// Writes one channel's snapshot: deferred entries first, then the channel record, so that a
+/// crash between them leaves deferred entries the record's floor and finished ranges filter.
 fn write_snapshot(
     meta: &MetaStore,
     topic: &str,

@@ -147,13 +147,13 @@ fn time(ns: i64) -> String {
 /// A channel's checkpoint, read for the records' views.
 struct ChannelViews {
     record: engine::meta::ChannelRecord,
-    /// The deferred messages.
-    listed: BTreeMap<u64, ChannelView>,
+    /// The deferred messages, with their own counts and due times.
+    deferred: BTreeMap<u64, ChannelView>,
 }
 
 impl ChannelViews {
     fn of(&self, offset: u64) -> ChannelView {
-        self.listed.get(&offset).copied().unwrap_or_else(|| ChannelView {
+        self.deferred.get(&offset).copied().unwrap_or_else(|| ChannelView {
             attempts: self.record.attempts_of(offset),
             due_ns: None,
         })
@@ -170,14 +170,14 @@ fn channel_views(args: &DumpArgs, channel: &str) -> anyhow::Result<ChannelViews>
         Some(Err(reason)) => bail!("the checkpoint of channel {channel:?} is damaged: {reason}"),
         None => bail!("no channel {channel:?} in topic {:?}", args.topic),
     };
-    let mut listed = BTreeMap::new();
+    let mut deferred_views = BTreeMap::new();
     if let Some(deferred) = audit.deferred.get(&key) {
         for (offset, entry) in &deferred.entries {
-            listed.insert(
+            deferred_views.insert(
                 *offset,
                 ChannelView { attempts: entry.attempts, due_ns: Some(entry.due_ns) },
             );
         }
     }
-    Ok(ChannelViews { record, listed })
+    Ok(ChannelViews { record, deferred: deferred_views })
 }

@@ -651,6 +651,7 @@ impl ChannelState {
     /// Rebuilds the in-flight heap when stale entries outnumber live ones: those of TOUCH, and
     /// those of messages that left flight behind one that stays (they leave the top only after
     /// it).
+    ///
     /// The new heap has room for the stale entries that make it be rebuilt next time, so it
     /// stays in one allocation of about twice the live entries.
     fn compact_times(&mut self) {
